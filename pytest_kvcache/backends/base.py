@@ -1,0 +1,79 @@
+"""The one interface every tier backend implements, and what the cache hands it.
+
+A backend stores opaque entries by key, moves real bytes, and times only the I/O itself
+(``perf_counter_ns`` around the system calls, CUDA events on a GPU). It never decides placement:
+the multi-tier cache does that and records every ``IOResult`` it gets back.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..payload import NoiseSource, StagingBuffers
+
+
+@dataclass(frozen=True)
+class IOResult:
+    nbytes: int  # bytes moved to or from the medium (padded where the medium needs alignment)
+    end_ns: int  # time.perf_counter_ns() when the I/O completed
+    dur_ns: int  # time spent in the I/O itself, excluding payload preparation
+
+
+@dataclass
+class TierSpec:
+    """One tier of a scenario: which tier, which backend implements it, and its byte budget."""
+
+    tier: str  # "gpu", "cpu", "nvme", ...
+    backend: str  # registry name: "gpu", "cpu", "file", "mock", ...
+    capacity_bytes: int
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class BackendContext:
+    """What every backend of a run shares."""
+
+    noise: NoiseSource
+    staging: StagingBuffers
+    run_dir: Path | None = None  # private directory of this run (file-like backends only)
+
+
+class Backend(abc.ABC):
+    """A place KV entries can live. Thread-safe for distinct keys."""
+
+    name = "base"
+
+    def __init__(self, spec: TierSpec, ctx: BackendContext):
+        self.spec = spec
+        self.ctx = ctx
+        self.tier = spec.tier
+        self.capacity_bytes = spec.capacity_bytes
+
+    def footprint(self, nbytes: int) -> int:
+        """Bytes of capacity an entry of ``nbytes`` really occupies (allocation granularity)."""
+        return nbytes
+
+    @abc.abstractmethod
+    def write(self, key: str, nbytes: int) -> IOResult:
+        """Store ``nbytes`` of ``key``'s payload (from ``ctx.noise``) as entry ``key``."""
+
+    @abc.abstractmethod
+    def read(self, key: str, nbytes: int) -> IOResult:
+        """Load entry ``key`` into this thread's staging buffer (the compute device)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> IOResult:
+        """Remove entry ``key`` and release its space."""
+
+    @abc.abstractmethod
+    def stored_keys(self) -> set[str]:
+        """Keys physically present (for the end-of-run invariants)."""
+
+    def describe(self) -> dict:
+        """How this backend measures: mode, path, file system, device. Goes into the report."""
+        return {"backend": self.name, "tier": self.tier, "capacity_bytes": self.capacity_bytes}
+
+    def close(self) -> None:
+        """Release memory and remove what this backend created, and nothing else."""

@@ -1,0 +1,122 @@
+"""GPU tier: CUDA memory through torch, pinned host staging, timed with CUDA events.
+
+Entries live in device memory allocated through torch's caching allocator. A write copies the
+payload host-to-device from a pinned per-thread staging buffer; a read copies device-to-host
+into it. The latency is the CUDA events' elapsed time around the copies, synchronised before
+the I/O is reported as complete.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ..errors import BackendError, ConfigError
+from .base import Backend, BackendContext, IOResult, TierSpec
+
+
+def gpu_unavailable_reason() -> str | None:
+    """None when the GPU tier can run here, else why not (used for pytest skips)."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed: pip install 'pytest-kvcache[gpu]' to test the GPU tier"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available to torch (torch.cuda.is_available() is False)"
+    return None
+
+
+class GPUBackend(Backend):
+    name = "gpu"
+
+    def __init__(self, spec: TierSpec, ctx: BackendContext):
+        super().__init__(spec, ctx)
+        reason = gpu_unavailable_reason()
+        if reason:
+            raise ConfigError(f"the gpu tier cannot run: {reason}")
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(spec.options.get("device", "cuda:0"))
+        self.block = ctx.staging.block
+        self._entries: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._allocated = 0
+
+    def _thread_state(self):
+        st = getattr(self._local, "state", None)
+        if st is None:
+            torch = self.torch
+            pinned = torch.empty(self.block, dtype=torch.uint8, pin_memory=True)
+            stream = torch.cuda.Stream(device=self.device)
+            st = self._local.state = (pinned, pinned.numpy(), stream)
+        return st
+
+    def write(self, key: str, nbytes: int) -> IOResult:
+        torch = self.torch
+        pinned, host, stream = self._thread_state()
+        try:
+            dev = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise BackendError(f"gpu tier: out of memory placing {key!r} ({nbytes} B)") from exc
+        elapsed_ms = 0.0
+        for off in range(0, nbytes, self.block):
+            n = min(self.block, nbytes - off)
+            self.ctx.noise.fill(host[:n], key, off)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(stream):
+                start.record(stream)
+                dev[off : off + n].copy_(pinned[:n], non_blocking=True)
+                end.record(stream)
+            end.synchronize()  # the staging buffer is reused by the next segment
+            elapsed_ms += start.elapsed_time(end)
+        with self._lock:
+            self._entries[key] = dev
+        return IOResult(nbytes, time.perf_counter_ns(), int(elapsed_ms * 1e6))
+
+    def read(self, key: str, nbytes: int) -> IOResult:
+        torch = self.torch
+        with self._lock:
+            dev = self._entries.get(key)
+        if dev is None:
+            raise BackendError(f"gpu tier: no entry {key!r}")
+        pinned, _, stream = self._thread_state()
+        elapsed_ms = 0.0
+        size = dev.numel()
+        for off in range(0, size, self.block):
+            n = min(self.block, size - off)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(stream):
+                start.record(stream)
+                pinned[:n].copy_(dev[off : off + n], non_blocking=True)
+                end.record(stream)
+            end.synchronize()
+            elapsed_ms += start.elapsed_time(end)
+        return IOResult(size, time.perf_counter_ns(), int(elapsed_ms * 1e6))
+
+    def delete(self, key: str) -> IOResult:
+        t0 = time.perf_counter_ns()
+        with self._lock:
+            dev = self._entries.pop(key, None)
+        if dev is None:
+            raise BackendError(f"gpu tier: no entry {key!r} to delete")
+        size = dev.numel()
+        del dev
+        t1 = time.perf_counter_ns()
+        return IOResult(size, t1, t1 - t0)
+
+    def stored_keys(self) -> set[str]:
+        with self._lock:
+            return set(self._entries)
+
+    def describe(self) -> dict:
+        torch = self.torch
+        return {**super().describe(), "device": str(self.device),
+                "device_name": torch.cuda.get_device_name(self.device),
+                "method": "H2D/D2H copies via pinned staging, timed with CUDA events"}
+
+    def close(self) -> None:
+        with self._lock:
+            self._entries.clear()
+        self.torch.cuda.empty_cache()

@@ -1,0 +1,238 @@
+"""The multi-tier KV cache: placement, waterfall LRU demotion and eviction.
+
+New data goes to the fastest tier whose high-water mark (80% of its budget) it can fit under.
+When a tier would pass its mark, its least-recently-used entries are demoted one tier down
+(recursively, making room below first); the last tier evicts. Space is reserved under the lock
+before any I/O starts, so concurrent writers can never over-subscribe a tier. Every byte moved
+(reads, writes, both halves of a demotion, evictions) goes through ``Recorder.io``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+from .backends.base import Backend
+from .errors import BackendError
+from .recorder import Recorder
+
+WRITING, READY, MOVING = "writing", "ready", "moving"
+HIGH_WATER = 0.8
+_WAIT_S = 0.05
+_MAX_WAITS = 200  # give a reservation up after ~10 s of finding every entry busy
+
+
+class Entry:
+    __slots__ = ("key", "tokens", "nbytes", "footprint", "tier", "state", "pins")
+
+    def __init__(self, key: str, tokens: int, nbytes: int, footprint: int, tier: int):
+        self.key, self.tokens, self.nbytes = key, tokens, nbytes
+        self.footprint, self.tier = footprint, tier
+        self.state, self.pins = WRITING, 0
+
+
+class Tier:
+    def __init__(self, backend: Backend, high_water: float):
+        self.backend = backend
+        self.name = backend.tier
+        self.budget = backend.capacity_bytes
+        self.high_water = int(backend.capacity_bytes * high_water)
+        self.used = 0
+        self.peak = 0
+        self.entries: OrderedDict[str, Entry] = OrderedDict()  # LRU first
+
+    def occupancy(self) -> dict:
+        return {"entries": len(self.entries), "bytes": self.used, "peak_bytes": self.peak,
+                "budget_bytes": self.budget, "high_water_bytes": self.high_water}
+
+
+class MultiTierCache:
+    def __init__(self, backends: list[Backend], recorder: Recorder, bytes_per_token: int,
+                 high_water: float = HIGH_WATER):
+        if not backends:
+            raise ValueError("a cache needs at least one tier")
+        self.tiers = [Tier(b, high_water) for b in backends]
+        self.recorder = recorder
+        self.bytes_per_token = bytes_per_token
+        self._cond = threading.Condition(threading.Lock())
+        self._index: dict[str, Entry] = {}
+        self.dropped = 0  # entries too big, or no room anywhere: not stored
+
+    # -- public API -------------------------------------------------------------------
+    def read(self, key: str, kind: str) -> str | None:
+        """Load ``key`` into the compute device. Returns the tier it came from, None on a miss."""
+        with self._cond:
+            entry = self._wait_settled(key)
+            if entry is None:
+                self.recorder.lookup(kind, False, time.perf_counter_ns())
+                return None
+            entry.pins += 1
+            tier = self.tiers[entry.tier]
+            tier.entries.move_to_end(key)
+        try:
+            res = tier.backend.read(key, entry.nbytes)
+        finally:
+            with self._cond:
+                entry.pins -= 1
+                self._cond.notify_all()
+        self.recorder.io(tier.name, "read", res, entry.tokens)
+        self.recorder.lookup(kind, True, res.end_ns)
+        return tier.name
+
+    def put(self, key: str, tokens: int) -> str | None:
+        """Store ``tokens`` of KV as ``key`` (replacing an older version). Returns the tier."""
+        nbytes = tokens * self.bytes_per_token
+        with self._cond:
+            old = self._wait_settled(key)
+            if old is not None:
+                old.state = MOVING  # nobody else may touch it while it is replaced
+        if old is not None:
+            self._remove(old, "delete")
+        for idx, tier in enumerate(self.tiers):
+            fp = tier.backend.footprint(nbytes)
+            if fp <= tier.high_water and self._reserve(idx, fp):
+                break
+        else:
+            with self._cond:
+                self.dropped += 1
+            self.recorder.count("entries_dropped")
+            return None
+        entry = Entry(key, tokens, nbytes, fp, idx)
+        with self._cond:
+            self._index[key] = entry
+            tier.entries[key] = entry
+        try:
+            res = tier.backend.write(key, nbytes)
+        except BaseException:
+            with self._cond:
+                self._unlink(entry)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            entry.state = READY
+            self._cond.notify_all()
+        self.recorder.io(tier.name, "write", res, tokens)
+        return tier.name
+
+    def contains(self, key: str) -> bool:
+        with self._cond:
+            return key in self._index
+
+    # -- placement ------------------------------------------------------------------
+    def _wait_settled(self, key: str) -> Entry | None:
+        """With the lock held: the entry for ``key`` once no write or move is under way."""
+        entry = self._index.get(key)
+        while entry is not None and entry.state != READY:
+            self._cond.wait(_WAIT_S)
+            entry = self._index.get(key)
+        return entry
+
+    def _reserve(self, idx: int, nbytes: int) -> bool:
+        """Claim ``nbytes`` in tier ``idx``, demoting or evicting its LRU entries as needed."""
+        tier = self.tiers[idx]
+        waits = 0
+        while True:
+            with self._cond:
+                if tier.used + nbytes <= tier.high_water:
+                    tier.used += nbytes
+                    tier.peak = max(tier.peak, tier.used)
+                    return True
+                victim = next((e for e in tier.entries.values()
+                               if e.state == READY and e.pins == 0), None)
+                if victim is None:
+                    if waits >= _MAX_WAITS:
+                        return False
+                    waits += 1
+                    self._cond.wait(_WAIT_S)
+                    continue
+                victim.state = MOVING
+            if idx == len(self.tiers) - 1:
+                self._remove(victim, "evict")
+            else:
+                self._demote(victim)
+
+    def _demote(self, entry: Entry) -> None:
+        """Move ``entry`` one tier down: read it out, write it below, free it above."""
+        src = self.tiers[entry.tier]
+        dst_idx = entry.tier + 1
+        dst = self.tiers[dst_idx]
+        fp = dst.backend.footprint(entry.nbytes)
+        if fp > dst.high_water or not self._reserve(dst_idx, fp):
+            self._remove(entry, "evict")  # nowhere to put it: it leaves the cache
+            return
+        try:
+            res_r = src.backend.read(entry.key, entry.nbytes)
+            self.recorder.io(src.name, "demote_read", res_r, entry.tokens)
+            res_w = dst.backend.write(entry.key, entry.nbytes)
+        except BaseException:
+            with self._cond:
+                dst.used -= fp
+            self._remove(entry, "evict")
+            raise
+        self.recorder.io(dst.name, "demote_write", res_w, entry.tokens)
+        res_d = src.backend.delete(entry.key)
+        self.recorder.io(src.name, "delete", res_d, entry.tokens)
+        with self._cond:
+            del src.entries[entry.key]
+            src.used -= entry.footprint
+            entry.tier, entry.footprint, entry.state = dst_idx, fp, READY
+            dst.entries[entry.key] = entry
+            self._cond.notify_all()
+        self.recorder.count(f"demotions.{src.name}")
+
+    def _remove(self, entry: Entry, op: str) -> None:
+        """Delete ``entry`` from its tier (an eviction, or the old version of a rewrite)."""
+        tier = self.tiers[entry.tier]
+        try:
+            res = tier.backend.delete(entry.key)
+        finally:
+            with self._cond:
+                self._unlink(entry)
+                self._cond.notify_all()
+        self.recorder.io(tier.name, op, res, entry.tokens)
+        if op == "evict":
+            self.recorder.count(f"evictions.{tier.name}")
+
+    def _unlink(self, entry: Entry) -> None:
+        tier = self.tiers[entry.tier]
+        if tier.entries.pop(entry.key, None) is not None:
+            tier.used -= entry.footprint
+        if self._index.get(entry.key) is entry:
+            del self._index[entry.key]
+
+    # -- checks and reporting -----------------------------------------------------------
+    def occupancy(self) -> dict[str, dict]:
+        with self._cond:
+            return {t.name: t.occupancy() for t in self.tiers}
+
+    def check_invariants(self) -> list[str]:
+        """Design section 4's invariants; call when no I/O is in flight. Returns violations."""
+        problems = []
+        with self._cond:
+            seen = set()
+            for t in self.tiers:
+                accounted = sum(e.footprint for e in t.entries.values())
+                if accounted != t.used:
+                    problems.append(f"{t.name}: accounted {t.used} B but entries sum to {accounted} B")
+                if t.peak > t.budget:
+                    problems.append(f"{t.name}: peak {t.peak} B went over its budget {t.budget} B")
+                busy = [e.key for e in t.entries.values() if e.state != READY or e.pins]
+                if busy:
+                    problems.append(f"{t.name}: {len(busy)} entries still busy at the end")
+                try:
+                    stored = t.backend.stored_keys()
+                except (OSError, BackendError) as exc:
+                    problems.append(f"{t.name}: cannot list stored entries: {exc}")
+                    stored = set(t.entries)
+                if stored != set(t.entries):
+                    problems.append(
+                        f"{t.name}: backend holds {len(stored)} entries, cache accounts {len(t.entries)}"
+                        f" ({len(stored - set(t.entries))} unknown, {len(set(t.entries) - stored)} missing)")
+                dup = seen & set(t.entries)
+                if dup:
+                    problems.append(f"{t.name}: {len(dup)} entries also live in a faster tier")
+                seen |= set(t.entries)
+            if seen != set(self._index):
+                problems.append("index and tiers disagree on which entries exist")
+        return problems

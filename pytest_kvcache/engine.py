@@ -1,0 +1,141 @@
+"""Provision a tier configuration and run one scenario on it, without pytest.
+
+The pytest fixtures call these two functions; so can any script. Provisioning makes the run's
+private directory (mode 0700) under the cache dir and the backends; ``Provisioned.close``
+removes what the run created there and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+from .backends import BackendContext, BackendRegistry
+from .cache import MultiTierCache
+from .criteria import Criterion, evaluate
+from .devstats import DeviceWindow
+from .errors import ConfigError
+from .fsinfo import block_device_for
+from .metrics import compute
+from .models import ModelSpec
+from .payload import NoiseSource, StagingBuffers
+from .recorder import Recorder
+from .result import ScenarioResult
+from .runner import RunConfig, Runner
+from .settings import Settings
+from .tiers import TierConfig, tier_specs
+from .workload import Trace
+
+MiB = 1 << 20
+
+
+@functools.lru_cache(maxsize=2)
+def _noise(seed: int) -> NoiseSource:
+    return NoiseSource(seed)
+
+
+def check_cache_dir(path: Path) -> None:
+    """Raise ConfigError, naming the fix, unless ``path`` is a writable directory."""
+    if not path.exists():
+        raise ConfigError(f"--kv-cache-dir {path} does not exist; create it or point --kv-cache-dir at an existing directory on the drive under test.")
+    if not path.is_dir():
+        raise ConfigError(f"--kv-cache-dir {path} is not a directory; point --kv-cache-dir at a directory on the drive under test.")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--kv-cache-dir {path} is not writable by this user; choose a directory you can write to, or fix its permissions.")
+
+
+def make_run_dir(cache_root: Path) -> Path:
+    check_cache_dir(cache_root)
+    try:
+        return Path(tempfile.mkdtemp(prefix="kvcache-run-", dir=cache_root))  # mode 0700
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory in --kv-cache-dir {cache_root}: {exc.strerror}; choose a writable directory.") from None
+
+
+class Provisioned:
+    """The backends of one scenario and the private directory they work in."""
+
+    def __init__(self, config: TierConfig, backends: list, run_dir: Path, ctx: BackendContext):
+        self.config, self.backends, self.run_dir, self.ctx = config, backends, run_dir, ctx
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [b.tier for b in self.backends]
+
+    def close(self) -> list[str]:
+        """Close backends and remove the run directory. Returns paths left behind (not ours)."""
+        for backend in self.backends:
+            backend.close()
+        self.backends = []
+        try:
+            self.run_dir.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return sorted(str(p) for p in self.run_dir.iterdir())
+        return []
+
+
+def provision(config: TierConfig, settings: Settings, registry: BackendRegistry) -> Provisioned:
+    run_dir = make_run_dir(settings.cache_root)
+    ctx = BackendContext(noise=_noise(settings.seed),
+                         staging=StagingBuffers(int(settings.io_block_mb * MiB)), run_dir=run_dir)
+    prov = Provisioned(config, [], run_dir, ctx)
+    try:
+        for spec in tier_specs(config, settings):
+            if spec.capacity_bytes <= 0:
+                raise ConfigError(f"scenario {config.name} needs a {spec.tier} tier but its budget is 0; "
+                                  f"give it a size (--kv-{spec.tier}-mem-gb / --kv-nvme-capacity-gb).")
+            prov.backends.append(registry.create(spec, ctx))
+    except BaseException:
+        prov.close()
+        raise
+    return prov
+
+
+def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace: Trace,
+                 criteria: list[Criterion], on_tick=None) -> ScenarioResult:
+    recorder = Recorder()
+    cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
+    hooks = []
+    device = None
+    storage = [b for b in prov.backends if b.tier not in ("gpu", "cpu")]
+    if storage:
+        device = DeviceWindow(block_device_for(prov.run_dir))
+        hooks.append(device)
+    runner = Runner(cache, trace, recorder, RunConfig(
+        duration_s=settings.duration, warmup_s=settings.warmup,
+        generation_mode=settings.generation_mode, read_model=settings.read_model,
+        chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
+    ), window_hooks=tuple(hooks), on_tick=on_tick)
+    info = runner.run()
+    problems = cache.check_invariants()
+    flat, summary = compute(recorder, prov.tier_names)
+    occupancy = cache.occupancy()
+    for tier, occ in occupancy.items():
+        summary[f"{tier}_entries"] = occ["entries"]
+    counters = device.result() if device else {"available": False, "reason": "no storage tier in this scenario"}
+    if device and counters.get("available"):
+        tier = storage[-1].tier
+        app_read = sum(recorder.window[(tier, op)].bytes for op in ("read", "demote_read") if (tier, op) in recorder.window)
+        app_write = sum(recorder.window[(tier, op)].bytes for op in ("write", "demote_write") if (tier, op) in recorder.window)
+        counters["app_read_bytes"], counters["app_write_bytes"] = app_read, app_write
+        counters["read_ratio"] = round(counters["read_bytes"] / app_read, 4) if app_read else None
+        counters["write_ratio"] = round(counters["write_bytes"] / app_write, 4) if app_write else None
+    return ScenarioResult(
+        name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
+        metrics=flat, summary=summary, outcomes=evaluate(criteria, flat),
+        invariant_problems=problems, errors=list(info.errors),
+        backends=[b.describe() for b in prov.backends], occupancy=occupancy,
+        device_counters=counters,
+        trace={"sha256": trace.sha256(), "requests": len(trace), "users": len(trace.per_user),
+               "requests_started": info.requests_started, "requests_finished": info.requests_finished,
+               "exhausted": info.trace_exhausted},
+        run={"aborted": info.aborted, "entries_dropped": cache.dropped,
+             "staging_bytes": prov.ctx.staging.allocated_bytes,
+             "measurement": "bytes counted when an I/O completes; only I/O completing inside the window counts; "
+                            "latency = time inside the backend's I/O calls (CUDA events on GPU)"},
+        settings=settings.to_dict(), model=model.to_dict(),
+    )

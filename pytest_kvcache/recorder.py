@@ -1,0 +1,168 @@
+"""Every I/O and request of a run, kept in bounded memory.
+
+An I/O counts toward the window's figures when it *completes* inside the window, with all
+of its bytes; I/O that completes outside (warm-up, drain) only feeds the run totals. Latency
+samples are kept exactly up to a cap per series and by reservoir sampling beyond it, so memory
+does not grow with the run's length.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.base import IOResult
+
+OPS = ("read", "write", "demote_read", "demote_write", "evict", "delete")
+PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+SAMPLE_CAP = 100_000
+
+
+class Series:
+    """Count, sum, min, max and a capped reservoir of samples (nanoseconds)."""
+
+    __slots__ = ("count", "total", "min", "max", "samples", "_rng", "_cap")
+
+    def __init__(self, cap: int = SAMPLE_CAP, seed: int = 0):
+        self.count = 0
+        self.total = 0
+        self.min = None
+        self.max = None
+        self.samples = array("q")
+        self._cap = cap
+        self._rng = random.Random(seed)
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        self.total += value
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
+        if len(self.samples) < self._cap:
+            self.samples.append(value)
+        else:
+            j = self._rng.randrange(self.count)
+            if j < self._cap:
+                self.samples[j] = value
+
+    @property
+    def exact(self) -> bool:
+        return self.count <= self._cap
+
+    def stats(self) -> dict:
+        """Seconds. Percentiles are exact while every sample is kept (``exact``)."""
+        if not self.count:
+            return {"count": 0}
+        arr = np.frombuffer(self.samples, dtype=np.int64) / 1e9
+        out = {"count": self.count, "mean": self.total / self.count / 1e9,
+               "min": self.min / 1e9, "max": self.max / 1e9}
+        for name, q in PERCENTILES.items():
+            out[name] = float(np.percentile(arr, q))
+        out["exact"] = self.exact
+        return out
+
+    def seconds(self) -> list[float]:
+        return [v / 1e9 for v in self.samples]
+
+
+@dataclass
+class OpTotals:
+    count: int = 0
+    bytes: int = 0
+    tokens: int = 0
+    latency: Series = field(default_factory=Series)
+
+
+class Recorder:
+    """Thread-safe sink for I/O, request and cache-lookup events of one scenario run."""
+
+    def __init__(self, timeline_step_s: float = 1.0):
+        self._lock = threading.Lock()
+        self.window_start_ns: int | None = None
+        self.window_end_ns: int | None = None
+        self.window: dict[tuple[str, str], OpTotals] = {}
+        self.total: dict[tuple[str, str], list[int]] = {}  # (tier, op) -> [count, bytes] whole run
+        self.requests: dict[str, Series] = {}
+        self.counters: dict[str, int] = {}
+        self.lookups: dict[str, list[int]] = {}  # kind -> [hits, misses] inside the window
+        self.timeline_step_ns = int(timeline_step_s * 1e9)
+        self.timeline: dict[str, list[int]] = {}  # tier -> bytes completed per step of the window
+        self.errors: list[str] = []
+        self.error_count = 0
+
+    # -- window ---------------------------------------------------------------
+    def open_window(self, t_ns: int | None = None) -> None:
+        with self._lock:
+            self.window_start_ns = time.perf_counter_ns() if t_ns is None else t_ns
+
+    def close_window(self, t_ns: int | None = None) -> None:
+        with self._lock:
+            self.window_end_ns = time.perf_counter_ns() if t_ns is None else t_ns
+
+    def in_window(self, t_ns: int) -> bool:
+        start, end = self.window_start_ns, self.window_end_ns
+        return start is not None and t_ns >= start and (end is None or t_ns <= end)
+
+    @property
+    def window_s(self) -> float:
+        if self.window_start_ns is None:
+            return 0.0
+        end = self.window_end_ns if self.window_end_ns is not None else time.perf_counter_ns()
+        return (end - self.window_start_ns) / 1e9
+
+    # -- events ---------------------------------------------------------------
+    def io(self, tier: str, op: str, res: IOResult, tokens: int) -> None:
+        key = (tier, op)
+        with self._lock:
+            tot = self.total.setdefault(key, [0, 0])
+            tot[0] += 1
+            tot[1] += res.nbytes
+            if not self.in_window(res.end_ns):
+                return
+            w = self.window.get(key)
+            if w is None:
+                w = self.window[key] = OpTotals(latency=Series(seed=hash(key) & 0xFFFF))
+            w.count += 1
+            w.bytes += res.nbytes
+            w.tokens += tokens
+            w.latency.add(res.dur_ns)
+            step = (res.end_ns - self.window_start_ns) // self.timeline_step_ns
+            line = self.timeline.setdefault(tier, [])
+            while len(line) <= step:
+                line.append(0)
+            line[step] += res.nbytes
+
+    def lookup(self, kind: str, hit: bool, t_ns: int) -> None:
+        with self._lock:
+            if self.in_window(t_ns):
+                pair = self.lookups.setdefault(kind, [0, 0])
+                pair[0 if hit else 1] += 1
+
+    def request(self, end_ns: int, timings: dict[str, int], counters: dict[str, int]) -> None:
+        """One finished request: ``timings`` in ns (e2e, queue_wait, ...), ``counters`` summed."""
+        with self._lock:
+            if not self.in_window(end_ns):
+                return
+            for name, value in timings.items():
+                series = self.requests.get(name)
+                if series is None:
+                    series = self.requests[name] = Series(seed=len(self.requests))
+                series.add(value)
+            for name, value in counters.items():
+                self.counters[name] = self.counters.get(name, 0) + value
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.error_count += 1
+            if len(self.errors) < 20:
+                self.errors.append(message)

@@ -1,0 +1,82 @@
+"""One scenario's outcome: figures, criteria, invariants and how each figure was measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .criteria import Outcome, format_value, passed, render_table
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    question: str
+    tiers: list[str]
+    metrics: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    invariant_problems: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    backends: list[dict] = field(default_factory=list)
+    occupancy: dict = field(default_factory=dict)
+    device_counters: dict = field(default_factory=dict)
+    trace: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    nodeid: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.errors or self.invariant_problems:
+            return "error"
+        return "passed" if passed(self.outcomes) else "failed"
+
+    def failure_message(self) -> str | None:
+        """None when the scenario passed; otherwise what went wrong, with every criterion."""
+        lines = []
+        if self.errors:
+            lines.append(f"scenario {self.name}: the run failed: " + "; ".join(self.errors[:3]))
+        if self.invariant_problems:
+            lines.append(f"scenario {self.name}: cache invariants broken: " + "; ".join(self.invariant_problems))
+        if not passed(self.outcomes):
+            failed = sum(o.status == "fail" for o in self.outcomes)
+            lines.append(f"scenario {self.name}: {failed} of {len(self.outcomes)} criteria failed")
+        if not lines:
+            return None
+        if self.outcomes:
+            lines.append(render_table(self.outcomes))
+        return "\n".join(lines)
+
+    def headline(self) -> dict:
+        """The few figures that go into JUnit properties and the one-line summary."""
+        m, s = self.metrics, self.summary
+        tier = self.tiers[-1]
+        out = {
+            "kv_status": self.status,
+            "kv_trace_sha256": self.trace.get("sha256", ""),
+            "kv_requests": s.get("total_requests", 0),
+            "kv_system_tokens_per_sec": s.get("total_tokens_per_sec", 0),
+            "kv_storage_tokens_per_sec": s.get("storage_throughput_tokens_per_sec", 0),
+            "kv_cache_hit_rate": s.get("cache_hit_rate", 0),
+        }
+        for op in ("read", "write"):
+            if f"{tier}.{op}.p95" in m:
+                out[f"kv_{tier}_{op}_p95_ms"] = round(m[f"{tier}.{op}.p95"] * 1e3, 3)
+                out[f"kv_{tier}_{op}_gbps"] = round(m[f"{tier}.{op}.gbps"], 4)
+        for o in self.outcomes:
+            out[f"kv_criterion {o.criterion.text}"] = f"{o.status} ({format_value(o.criterion.metric, o.measured)})"
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "nodeid": self.nodeid, "question": self.question, "tiers": self.tiers,
+            "status": self.status, "summary": self.summary, "metrics": self.metrics,
+            "criteria": [{"criterion": o.criterion.text, "metric": o.criterion.metric, "op": o.criterion.op,
+                          "threshold": o.criterion.value, "measured": o.measured, "status": o.status,
+                          "source": o.criterion.source} for o in self.outcomes],
+            "invariant_problems": self.invariant_problems, "errors": self.errors,
+            "backends": self.backends, "occupancy": self.occupancy,
+            "device_counters": self.device_counters, "trace": self.trace, "run": self.run,
+            "settings": self.settings, "model": self.model,
+        }

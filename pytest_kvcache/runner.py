@@ -1,0 +1,184 @@
+"""Closed-loop users replaying a trace against the multi-tier cache for a measurement window.
+
+Each user is a thread that walks its own request list in order: think, send, and wait for
+the answer before the next turn. A request does the I/O of a serving engine with KV offload
+(design section 3): load the conversation's history, store the new context (prefill), pace
+decode at the generation mode's time per token, store the generated tokens. The runner opens
+the recorder's window after the warm-up, closes it after the duration, then drains: requests
+in flight finish, but their I/O no longer counts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from .cache import MultiTierCache
+from .recorder import Recorder
+from .workload import ConversationLayout, Request, Trace
+
+SECONDS_PER_TOKEN = {"none": 0.0, "fast": 0.002, "realistic": 0.030}
+REFERENCE_REREAD_TOKENS = 32  # MLPerf reference: re-read the whole entry every 32 decoded tokens
+
+
+@dataclass
+class RunConfig:
+    duration_s: float
+    warmup_s: float = 0.0
+    generation_mode: str = "fast"
+    read_model: str = "once"
+    chunk_tokens: int = 256
+    max_inflight: int = 0
+
+
+@dataclass
+class RunInfo:
+    started_ns: int = 0
+    finished_ns: int = 0
+    requests_started: int = 0
+    requests_finished: int = 0
+    users_exhausted: int = 0
+    trace_exhausted: bool = False
+    aborted: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(self, cache: MultiTierCache, trace: Trace, recorder: Recorder, config: RunConfig,
+                 window_hooks: tuple = (), on_tick=None):
+        self.cache, self.trace, self.recorder, self.config = cache, trace, recorder, config
+        self.window_hooks = window_hooks  # objects with start()/stop(), e.g. device counters
+        self.on_tick = on_tick  # called about 4 times a second with (runner, elapsed_s)
+        self.per_token_s = SECONDS_PER_TOKEN[config.generation_mode]
+        self.info = RunInfo()
+        self._stop = threading.Event()  # no new requests
+        self._abort = threading.Event()  # stop now: skip pacing and remaining I/O
+        self._admit = threading.Semaphore(config.max_inflight) if config.max_inflight else None
+        self._lock = threading.Lock()
+        self._active_users = 0
+
+    # -- one request ------------------------------------------------------------------
+    def _load(self, layout: ConversationLayout, kind: str) -> None:
+        for entry in layout.entries():
+            if self._abort.is_set():
+                return
+            if self.cache.read(entry.key, kind) is None:
+                self.cache.put(entry.key, entry.tokens)  # evicted: recompute and store again
+
+    def _store(self, layout: ConversationLayout, tokens: int) -> int:
+        written = 0
+        for entry in layout.append(tokens):
+            if self._abort.is_set():
+                break
+            self.cache.put(entry.key, entry.tokens)
+            written += entry.tokens
+        return written
+
+    def _serve(self, req: Request, layout: ConversationLayout, submit_ns: int) -> None:
+        admit = self._admit or nullcontext()
+        with admit:
+            start_ns = time.perf_counter_ns()
+            self._load(layout, "multi_turn")  # step 2: the conversation so far
+            self._store(layout, req.context_tokens)  # step 3: prefill of the new context
+            storage_ns = time.perf_counter_ns() - start_ns
+            ttft_ns = time.perf_counter_ns() - submit_ns + int(self.per_token_s * 1e9)
+            gen_ns = self._decode(req, layout)  # step 4
+            t = time.perf_counter_ns()
+            self._store(layout, req.generate_tokens)  # step 5: keep the answer for the next turn
+            storage_ns += time.perf_counter_ns() - t
+        end_ns = time.perf_counter_ns()
+        self.recorder.request(
+            end_ns,
+            {"e2e": end_ns - submit_ns, "queue_wait": start_ns - submit_ns, "storage_time": storage_ns,
+             "generation_time": gen_ns, "ttft": ttft_ns},
+            {"requests": 1, "generated_tokens": req.generate_tokens, "context_tokens": req.context_tokens},
+        )
+
+    def _decode(self, req: Request, layout: ConversationLayout) -> int:
+        t0 = time.perf_counter_ns()
+        if self.config.read_model == "reference":
+            left = req.generate_tokens
+            while left > 0 and not self._abort.is_set():
+                step = min(REFERENCE_REREAD_TOKENS, left)
+                self._abort.wait(step * self.per_token_s)
+                self._load(layout, "decode")
+                left -= step
+        elif self.per_token_s:
+            self._abort.wait(req.generate_tokens * self.per_token_s)
+        return time.perf_counter_ns() - t0
+
+    # -- users ------------------------------------------------------------------------
+    def _user(self, requests: list[Request]) -> None:
+        layout = None
+        try:
+            for req in requests:
+                if self._stop.is_set() or self._stop.wait(req.think_time_s):
+                    return
+                if layout is None or layout.conversation_id != req.conversation_id:
+                    layout = ConversationLayout(req.conversation_id, self.config.chunk_tokens)
+                submit_ns = time.perf_counter_ns()
+                with self._lock:
+                    self.info.requests_started += 1
+                self._serve(req, layout, submit_ns)
+                with self._lock:
+                    self.info.requests_finished += 1
+            with self._lock:
+                self.info.users_exhausted += 1
+        except BaseException as exc:  # a failed I/O ends the run; the scenario reports it
+            message = f"{type(exc).__name__}: {exc}"
+            self.recorder.error(message)
+            with self._lock:
+                self.info.errors.append(message)
+            self._stop.set()
+        finally:
+            with self._lock:
+                self._active_users -= 1
+
+    def active_users(self) -> int:
+        with self._lock:
+            return self._active_users
+
+    def run(self) -> RunInfo:
+        cfg = self.config
+        threads = [threading.Thread(target=self._user, args=(reqs,), name=f"kv-user-{u}", daemon=True)
+                   for u, reqs in enumerate(self.trace.per_user)]
+        self._active_users = len(threads)
+        self.info.started_ns = t0 = time.perf_counter_ns()
+        for th in threads:
+            th.start()
+        try:
+            opened = False
+            deadline = t0 + int((cfg.warmup_s + cfg.duration_s) * 1e9)
+            while True:
+                now = time.perf_counter_ns()
+                if not opened and now >= t0 + int(cfg.warmup_s * 1e9):
+                    for hook in self.window_hooks:
+                        hook.start()
+                    self.recorder.open_window(now)
+                    opened = True
+                if now >= deadline or self.active_users() == 0 or self._stop.is_set():
+                    break
+                if self.on_tick:
+                    self.on_tick(self, (now - t0) / 1e9)
+                time.sleep(min(0.25, max(0.001, (deadline - now) / 1e9)))
+            if not opened:  # everything ended before the warm-up did: an empty window
+                self.recorder.open_window()
+            self.recorder.close_window()
+            for hook in self.window_hooks:
+                hook.stop()
+            self.info.trace_exhausted = self.active_users() == 0 and not self.info.errors
+            self._stop.set()
+            for th in threads:
+                th.join()
+        except BaseException:
+            self.info.aborted = True
+            self._abort.set()
+            self._stop.set()
+            for th in threads:
+                th.join(timeout=30)
+            raise
+        finally:
+            self.info.finished_ns = time.perf_counter_ns()
+        return self.info

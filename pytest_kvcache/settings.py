@@ -1,0 +1,226 @@
+"""Run settings: one table of options, merged CLI > environment > YAML > ini > defaults.
+
+The table drives the pytest options, the ini keys, the environment variables
+(``KVCACHE_<NAME>``) and the YAML keys, so they can never drift apart. Every value is
+validated here; a bad one raises ``ConfigError`` whose message names the option and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+GENERATION_MODES = ("none", "fast", "realistic")
+READ_MODELS = ("once", "reference")
+FILE_IO_MODES = ("auto", "direct", "buffered")
+PROFILES = ("latency", "throughput", "none")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # settings field; CLI --kv-<name with - for _>; ini kv_<name>; env KVCACHE_<NAME>
+    kind: str  # int, posint, nonneg, posfloat, choice, str, path, list
+    default: Any
+    help: str
+    choices: tuple = ()
+
+    @property
+    def flag(self) -> str:
+        return "--kv-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "kv_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "KVCACHE_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "str", "tiny-1b", "model from the catalog (or a --kv-config YAML) whose KV size per token is used"),
+    Option("config", "path", None, "YAML file with settings and custom models (keys as the option names)"),
+    Option("cache_dir", "path", None, "directory under which the run makes its private directory (default: the system temp dir)"),
+    Option("gpu_mem_gb", "nonneg", 1.0, "GPU tier budget in GB"),
+    Option("cpu_mem_gb", "nonneg", 0.5, "CPU tier budget in GB"),
+    Option("nvme_capacity_gb", "nonneg", 0.0, "nvme tier budget in GB (0 = half the free space, at most 64 GB)"),
+    Option("nvme_backend", "str", "file", "backend implementing the nvme tier"),
+    Option("users", "posint", 8, "concurrent simulated users (closed loop)"),
+    Option("duration", "posfloat", 15.0, "measurement window in seconds"),
+    Option("warmup", "nonneg", 2.0, "seconds of load before the window opens"),
+    Option("seed", "int", 42, "root seed of the workload trace"),
+    Option("generation_mode", "choice", "fast", "decode pacing: none (0), fast (2 ms/token), realistic (30 ms/token)", GENERATION_MODES),
+    Option("read_model", "choice", "once", "once: load the KV once per request; reference: re-read it every 32 decoded tokens (MLPerf parity)", READ_MODELS),
+    Option("chunk_tokens", "int", 256, "tokens per KV chunk (0 = one entry per request segment, as the MLPerf reference)"),
+    Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
+    Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
+    Option("max_inflight", "int", 0, "at most this many requests in service at once; the rest wait in the queue (0 = no limit)"),
+    Option("io_block_mb", "posfloat", 16.0, "largest single transfer (and per-thread staging buffer) in MiB"),
+    Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
+    Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
+    Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
+    Option("report", "path", "kvcache-report.json", "where the JSON session report is written"),
+)
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+GB = 10**9
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "tiny-1b"
+    config: str | None = None
+    cache_dir: str | None = None
+    gpu_mem_gb: float = 1.0
+    cpu_mem_gb: float = 0.5
+    nvme_capacity_gb: float = 0.0
+    nvme_backend: str = "file"
+    users: int = 8
+    duration: float = 15.0
+    warmup: float = 2.0
+    seed: int = 42
+    generation_mode: str = "fast"
+    read_model: str = "once"
+    chunk_tokens: int = 256
+    requests_per_user: int = 500
+    think_time_scale: float = 1.0
+    max_inflight: int = 0
+    io_block_mb: float = 16.0
+    file_io_mode: str = "auto"
+    profile: str = "latency"
+    threshold: tuple = ()
+    report: str | None = "kvcache-report.json"
+    models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(tempfile.gettempdir())
+
+    def to_dict(self) -> dict:
+        out = {o.name: getattr(self, o.name) for o in OPTIONS}
+        out["threshold"] = list(self.threshold)
+        out["cache_dir"] = str(self.cache_root)
+        return out
+
+
+def _convert(opt: Option, raw: Any, source: str) -> Any:
+    where = f"{opt.flag} ({source})"
+    if opt.kind == "list":
+        if isinstance(raw, str):
+            items = [line.strip() for line in raw.replace(";", "\n").splitlines()]
+        elif isinstance(raw, (list, tuple)):
+            items = [str(x).strip() for x in raw]
+        else:
+            raise ConfigError(f"{where} must be a list of criteria such as 'nvme.read.p95<=200ms'.")
+        return tuple(i for i in items if i)
+    if opt.kind in ("str", "path"):
+        if raw is None or raw == "":
+            return None if opt.kind == "path" else opt.default
+        return str(raw)
+    if opt.kind == "choice":
+        value = str(raw).strip().lower()
+        if value not in opt.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(opt.choices)}, not {raw!r}.")
+        return value
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where} must be a number, not {raw!r}.")
+    try:
+        number = float(str(raw).strip()) if not isinstance(raw, (int, float)) else raw
+    except ValueError:
+        raise ConfigError(f"{where} must be a number, not {raw!r}; for example {opt.flag} {opt.default}.") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where} must be a finite number, not {raw!r}.")
+    if opt.kind in ("int", "posint"):
+        if number != int(number):
+            raise ConfigError(f"{where} must be a whole number, not {raw!r}.")
+        number = int(number)
+        if opt.kind == "posint" and number < 1:
+            raise ConfigError(f"{where} must be at least 1, not {raw!r}; for example {opt.flag} {opt.default}.")
+        if opt.name in ("chunk_tokens", "max_inflight") and number < 0:
+            raise ConfigError(f"{where} must be 0 or more, not {raw!r}.")
+        return number
+    number = float(number)
+    if opt.kind == "posfloat" and number <= 0:
+        raise ConfigError(f"{where} must be greater than 0, not {raw!r}; for example {opt.flag} {opt.default}.")
+    if opt.kind == "nonneg" and number < 0:
+        raise ConfigError(f"{where} must be 0 or more, not {raw!r}; for example {opt.flag} {opt.default}.")
+    return number
+
+
+def load_yaml_config(path: str | Path) -> dict:
+    """Read a settings YAML: option names as keys (``-`` or ``_``), plus an optional ``models:``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read --kv-config {path}: {exc.strerror}; pass an existing YAML file.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--kv-config {path} is not valid YAML; fix its syntax: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--kv-config {path} must be a mapping of option names to values.")
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name.startswith("kv_"):
+            name = name[3:]
+        if name in ("thresholds", "criteria"):
+            name = "threshold"
+        if name != "models" and (name not in OPTION_BY_NAME or name == "config"):
+            allowed = sorted(n for n in OPTION_BY_NAME if n != "config") + ["models"]
+            raise ConfigError(f"--kv-config {path}: unknown key {key!r}. Allowed keys: {', '.join(allowed)}.")
+        out[name] = value
+    return out
+
+
+def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
+    """Merge the sources (each maps option name -> raw value or None) and validate."""
+    from .models import load_models_yaml, model_from_dict, resolve_model
+
+    env = os.environ if env is None else env
+    env_values = {o.name: env[o.env] for o in OPTIONS if env.get(o.env) not in (None, "")}
+
+    def pick(name: str):
+        for source, values in (("command line", cli), ("environment", env_values)):
+            if values.get(name) not in (None, (), []):
+                return source, values[name]
+        return None
+
+    config_path = pick("config")
+    config_path = config_path[1] if config_path else ini.get("config")
+    yaml_values: dict = load_yaml_config(config_path) if config_path else {}
+
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        found = pick(opt.name)
+        if found is None and yaml_values.get(opt.name) is not None:
+            found = ("--kv-config", yaml_values[opt.name])
+        if found is None and ini.get(opt.name) not in (None, "", [], ()):
+            found = ("ini " + opt.ini, ini[opt.name])
+        values[opt.name] = _convert(opt, found[1], found[0]) if found else opt.default
+
+    models = {}
+    raw_models = yaml_values.get("models")
+    if raw_models is not None:
+        if not isinstance(raw_models, dict):
+            raise ConfigError(f"--kv-config {config_path}: 'models' must map model names to their architecture.")
+        models = {str(k): model_from_dict(str(k), v, str(config_path)) for k, v in raw_models.items()}
+    if values["model"] and str(values["model"]).endswith((".yaml", ".yml")):
+        models.update(load_models_yaml(values["model"]))
+        values["model"] = next(iter(models)) if len(models) == 1 else values["model"]
+    resolve_model(values["model"], models)  # unknown model -> ConfigError listing the known ones
+    if values["io_block_mb"] < 0.004:
+        raise ConfigError("--kv-io-block-mb must be at least 0.004 (one 4 KiB block).")
+    return Settings(**values, models=models)

@@ -1,0 +1,356 @@
+"""Requests, the trace generator, and trace files.
+
+A trace is a pure function of ``WorkloadParams``: every report carries its SHA-256, so two runs
+that claim the same workload can be checked to have replayed the same requests. To keep that
+promise the generator uses no clock, no global RNG and no dict or thread order, and each user
+draws from its own named streams (``workload.user{u}.persona`` / ``.turns`` / ``.lengths`` /
+``.think``), so user 3's requests do not change when users are added and lengths do not change
+when think time is scaled.
+
+Numbers are mapped from the raw 64-bit PCG64 output by the small helpers below rather than by
+``Generator.integers``/``uniform``: numpy keeps the bit stream stable across releases but not
+the algorithms of its distribution methods, and the hash must not move with the numpy version.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..rng import derive
+from .personas import DEFAULT_PERSONA_MIX, PERSONA_QOS, PERSONAS, QOS_CLASSES
+
+TRACE_FORMAT = 1
+_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")  # ids end up inside cache keys and file names
+_INV_2_53 = 1.0 / (1 << 53)
+
+
+def _canonical_json(obj: dict) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One user turn. ``seq`` indexes the user's own list; ``turn`` counts from 1 per conversation.
+
+    ``context_tokens`` are this turn's new prompt tokens; the conversation's earlier turns (their
+    context and generated tokens) are history that the turn loads from the cache, see ``layout``.
+    ``think_time_s`` is the pause before the user sends this request (after the previous one
+    finished), rounded to microseconds so it survives a JSON round trip unchanged.
+    """
+
+    user_id: int
+    seq: int
+    conversation_id: str
+    turn: int
+    persona: str
+    qos: str
+    context_tokens: int
+    generate_tokens: int
+    think_time_s: float
+    prefix_id: str | None = None
+    rag_chunk_ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """Optional fields are written only when set, so adding one later keeps old hashes."""
+        out = {
+            "user_id": self.user_id,
+            "seq": self.seq,
+            "conversation_id": self.conversation_id,
+            "turn": self.turn,
+            "persona": self.persona,
+            "qos": self.qos,
+            "context_tokens": self.context_tokens,
+            "generate_tokens": self.generate_tokens,
+            "think_time_s": self.think_time_s,
+        }
+        if self.prefix_id is not None:
+            out["prefix_id"] = self.prefix_id
+        if self.rag_chunk_ids:
+            out["rag_chunk_ids"] = list(self.rag_chunk_ids)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Request:
+        """Validate one request object; errors name the field and what it must be."""
+        if not isinstance(raw, dict):
+            raise ConfigError("a request must be a JSON object; fix or regenerate the trace")
+        unknown = set(raw) - set(_ALL_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown request field(s) {sorted(unknown)}; allowed: {list(_ALL_FIELDS)}")
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise ConfigError(f"request is missing field(s) {missing}; every request needs {list(_REQUIRED)}")
+        for key, low in (("user_id", 0), ("seq", 0), ("turn", 1), ("context_tokens", 0), ("generate_tokens", 0)):
+            if not _is_int(raw[key]) or raw[key] < low:
+                raise ConfigError(f"{key} must be an integer >= {low}, not {raw[key]!r}")
+        if not isinstance(raw["conversation_id"], str) or not _ID_RE.match(raw["conversation_id"]):
+            raise ConfigError(f"conversation_id must be a non-empty string of [A-Za-z0-9._-], not {raw['conversation_id']!r}")
+        if not isinstance(raw["persona"], str) or not raw["persona"]:
+            raise ConfigError(f"persona must be a non-empty string, not {raw['persona']!r}")
+        if raw["qos"] not in QOS_CLASSES:
+            raise ConfigError(f"qos must be one of {list(QOS_CLASSES)}, not {raw['qos']!r}")
+        think = raw["think_time_s"]
+        if not isinstance(think, (int, float)) or isinstance(think, bool) or not math.isfinite(think) or think < 0:
+            raise ConfigError(f"think_time_s must be a finite number of seconds >= 0, not {think!r}")
+        prefix_id = raw.get("prefix_id")
+        if prefix_id is not None and (not isinstance(prefix_id, str) or not _ID_RE.match(prefix_id)):
+            raise ConfigError(f"prefix_id must be null or a string of [A-Za-z0-9._-], not {prefix_id!r}")
+        rag = raw.get("rag_chunk_ids", [])
+        if not isinstance(rag, list) or not all(isinstance(r, str) and _ID_RE.match(r) for r in rag):
+            raise ConfigError(f"rag_chunk_ids must be a list of strings of [A-Za-z0-9._-], not {rag!r}")
+        return cls(**{k: raw[k] for k in _REQUIRED if k != "think_time_s"},
+                   think_time_s=round(float(think), 6), prefix_id=prefix_id, rag_chunk_ids=tuple(rag))
+
+
+_REQUIRED = ("user_id", "seq", "conversation_id", "turn", "persona", "qos",
+             "context_tokens", "generate_tokens", "think_time_s")
+_ALL_FIELDS = (*_REQUIRED, "prefix_id", "rag_chunk_ids")
+
+
+@dataclass
+class WorkloadParams:
+    """Everything the trace depends on. Validated on creation (and again by ``generate_trace``)."""
+
+    seed: int
+    users: int
+    requests_per_user: int
+    persona_mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PERSONA_MIX))
+    think_time_scale: float = 1.0
+    max_context_tokens: int = 0  # 0 = no cap; otherwise each request's context_tokens is clamped
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not _is_int(self.seed):
+            raise ConfigError(f"workload seed must be an integer, not {self.seed!r}; set --kv-seed")
+        if not _is_int(self.users) or self.users < 1:
+            raise ConfigError(f"workload users must be an integer >= 1, not {self.users!r}; set --kv-users")
+        if not _is_int(self.requests_per_user) or self.requests_per_user < 1:
+            raise ConfigError(f"requests_per_user must be an integer >= 1, not {self.requests_per_user!r}")
+        scale = self.think_time_scale
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
+            raise ConfigError(f"think_time_scale must be a finite number >= 0, not {scale!r}")
+        if not _is_int(self.max_context_tokens) or self.max_context_tokens < 0:
+            raise ConfigError(f"max_context_tokens must be an integer >= 0 (0 = no cap), not {self.max_context_tokens!r}")
+        example = ", ".join(f"{k}: {v}" for k, v in DEFAULT_PERSONA_MIX.items())
+        mix = self.persona_mix
+        if not isinstance(mix, dict) or not mix:
+            raise ConfigError(f"persona_mix must map persona names to weights, e.g. {{{example}}}")
+        unknown = sorted(set(mix) - set(PERSONAS))
+        if unknown:
+            raise ConfigError(f"persona_mix names unknown persona(s) {unknown}; known: {sorted(PERSONAS)}")
+        for name, weight in mix.items():
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
+                raise ConfigError(f"persona_mix weight for {name!r} must be a finite number >= 0, not {weight!r}")
+        if sum(mix.values()) <= 0:
+            raise ConfigError(f"persona_mix weights must not all be zero; give at least one persona a positive weight, e.g. {{{example}}}")
+
+    def to_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "users": self.users,
+            "requests_per_user": self.requests_per_user,
+            "persona_mix": {k: self.persona_mix[k] for k in sorted(self.persona_mix)},
+            "think_time_scale": self.think_time_scale,
+            "max_context_tokens": self.max_context_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> WorkloadParams:
+        if not isinstance(raw, dict):
+            raise ConfigError("workload params must be a JSON object")
+        allowed = ("seed", "users", "requests_per_user", "persona_mix", "think_time_scale", "max_context_tokens")
+        unknown = set(raw) - set(allowed)
+        missing = [k for k in allowed[:3] if k not in raw]
+        if unknown or missing:
+            raise ConfigError(f"workload params: unknown {sorted(unknown)}, missing {missing}; allowed: {list(allowed)}")
+        return cls(**raw)
+
+
+def _unit(raw: int) -> float:
+    """[0, 1) from the top 53 bits of a raw 64-bit draw."""
+    return (raw >> 11) * _INV_2_53
+
+
+def _between(raw: int, lo: int, hi: int) -> int:
+    """Integer in [lo, hi]; the modulo bias (span / 2**64) is far below anything measurable."""
+    return lo + raw % (hi - lo + 1)
+
+
+def _user_requests(params: WorkloadParams, u: int, names: list[str], cum: list[float]) -> list[Request]:
+    n = params.requests_per_user
+    streams = {s: derive(params.seed, f"workload.user{u}.{s}").bit_generator
+               for s in ("persona", "turns", "lengths", "think")}
+    plan: list[tuple[str, int, str]] = []  # (conversation_id, turn, persona) per request
+    conv = 0
+    while len(plan) < n:  # conversations back to back; the last one may be cut short
+        pick = _unit(int(streams["persona"].random_raw())) * cum[-1]
+        persona = PERSONAS[names[min(bisect.bisect_right(cum, pick), len(names) - 1)]]
+        turns = _between(int(streams["turns"].random_raw()), *persona.turns)
+        cid = f"u{u:04d}c{conv:04d}"
+        plan.extend((cid, t, persona.name) for t in range(1, min(turns, n - len(plan)) + 1))
+        conv += 1
+    lengths = streams["lengths"].random_raw(2 * n).tolist()
+    thinks = streams["think"].random_raw(n).tolist()
+    cap = params.max_context_tokens
+    out = []
+    for i, (cid, turn, name) in enumerate(plan):
+        p = PERSONAS[name]
+        context = _between(lengths[2 * i], *p.context_tokens)
+        lo, hi = p.think_time_s
+        think = (lo + _unit(thinks[i]) * (hi - lo)) * params.think_time_scale
+        out.append(Request(
+            user_id=u, seq=i, conversation_id=cid, turn=turn, persona=name, qos=PERSONA_QOS[name],
+            context_tokens=min(context, cap) if cap else context,
+            generate_tokens=_between(lengths[2 * i + 1], *p.generate_tokens),
+            think_time_s=round(think, 6),
+        ))
+    return out
+
+
+def generate_trace(params: WorkloadParams) -> Trace:
+    params.validate()
+    # Sorted names and zero weights dropped: the draw does not depend on the mix dict's order.
+    names = sorted(k for k, w in params.persona_mix.items() if w > 0)
+    cum = list(accumulate(float(params.persona_mix[k]) for k in names))
+    return Trace(params, [_user_requests(params, u, names, cum) for u in range(params.users)])
+
+
+@dataclass(eq=False)
+class Trace:
+    """``per_user[u]`` is user u's requests in order. Treat as immutable: the hash is cached.
+
+    ``params`` is None for a trace that was not made by ``generate_trace`` (a hand-written file).
+    """
+
+    params: WorkloadParams | None
+    per_user: list[list[Request]]
+    _sha: str | None = field(default=None, init=False, repr=False)
+
+    def requests(self) -> Iterator[Request]:
+        """Canonical order: round-robin by seq across users (user 0 seq 0, user 1 seq 0, ...)."""
+        longest = max(map(len, self.per_user), default=0)
+        for seq in range(longest):
+            for reqs in self.per_user:
+                if seq < len(reqs):
+                    yield reqs[seq]
+
+    __iter__ = requests
+
+    def __len__(self) -> int:
+        return sum(map(len, self.per_user))
+
+    def lines(self) -> Iterator[str]:
+        """The canonical JSONL lines (with newline) that the hash covers and files hold."""
+        for r in self.requests():
+            yield _canonical_json(r.to_dict()) + "\n"
+
+    def sha256(self) -> str:
+        if self._sha is None:
+            h = hashlib.sha256()
+            for line in self.lines():
+                h.update(line.encode())
+            self._sha = h.hexdigest()
+        return self._sha
+
+    def summary(self) -> dict:
+        n = len(self)
+        ctx = sum(r.context_tokens for r in self.requests())
+        gen = sum(r.generate_tokens for r in self.requests())
+        return {
+            "requests": n,
+            "users": len(self.per_user),
+            "conversations": len({r.conversation_id for r in self.requests()}),
+            "context_tokens_total": ctx,
+            "context_tokens_mean": ctx / n if n else 0.0,
+            "generate_tokens_total": gen,
+            "generate_tokens_mean": gen / n if n else 0.0,
+            "personas": dict(sorted(Counter(r.persona for r in self.requests()).items())),
+            "qos": dict(sorted(Counter(r.qos for r in self.requests()).items())),
+            "sha256": self.sha256(),
+        }
+
+
+def save_jsonl(trace: Trace, path: str | Path) -> None:
+    """Header line, then the canonical lines: ``tail -n +2 FILE | sha256sum`` is the trace hash."""
+    path = Path(path)
+    params = trace.params.to_dict() if trace.params is not None else None
+    try:
+        with path.open("w", encoding="utf-8", newline="\n") as f:
+            f.write(_canonical_json({"kvcache_trace": TRACE_FORMAT, "params": params}) + "\n")
+            f.writelines(trace.lines())
+    except OSError as exc:
+        raise ConfigError(f"cannot write trace file {path}: {exc.strerror}; choose a writable path") from exc
+
+
+def load_jsonl(path: str | Path) -> Trace:
+    """Read a file written by ``save_jsonl``; every error names the file, the line and the fix."""
+    path = Path(path)
+    header: dict | None = None
+    found: dict[tuple[int, int], tuple[int, Request]] = {}
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"trace file {path}, line {lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); "
+                                      "each line must be one JSON object: fix the line or regenerate the trace") from None
+                if header is None:
+                    if not isinstance(obj, dict) or "kvcache_trace" not in obj:
+                        raise ConfigError(f'{where}: the first line must be the header {{"kvcache_trace": {TRACE_FORMAT}, "params": ...}}; '
+                                          "write traces with save_jsonl or add the header")
+                    if obj["kvcache_trace"] != TRACE_FORMAT:
+                        raise ConfigError(f"{where}: trace format {obj['kvcache_trace']!r} is not supported; "
+                                          f"this version reads format {TRACE_FORMAT}: regenerate the trace")
+                    header = obj
+                    try:
+                        params = None if obj.get("params") is None else WorkloadParams.from_dict(obj["params"])
+                    except (ConfigError, TypeError) as exc:
+                        raise ConfigError(f"{where}: bad header params: {exc}") from None
+                    continue
+                try:
+                    req = Request.from_dict(obj)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+                key = (req.user_id, req.seq)
+                if key in found:
+                    raise ConfigError(f"{where}: user_id {key[0]} seq {key[1]} repeats line {found[key][0]}; "
+                                      "each (user_id, seq) must appear once")
+                found[key] = (lineno, req)
+    except OSError as exc:
+        raise ConfigError(f"cannot read trace file {path}: {exc.strerror}; pass an existing JSONL trace file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"trace file {path} is not UTF-8 text ({exc.reason}); pass a JSONL trace file") from None
+    if header is None or not found:
+        raise ConfigError(f"trace file {path} holds no requests; pass a trace written by save_jsonl")
+    users = 1 + max(u for u, _ in found)
+    per_user: list[list[Request]] = [[] for _ in range(users)]
+    for (u, _), (_, req) in sorted(found.items()):
+        per_user[u].append(req)
+    for u, reqs in enumerate(per_user):
+        for i, req in enumerate(reqs):
+            if req.seq != i:
+                raise ConfigError(f"trace file {path}: user_id {u} has no request with seq {i}; "
+                                  "seq must run 0, 1, 2, ... for each user and user_ids 0, 1, 2, ...")
+        if not reqs:
+            raise ConfigError(f"trace file {path}: user_id {u} has no requests; user_ids must run 0, 1, 2, ...")
+    return Trace(params, per_user)

@@ -1,0 +1,257 @@
+"""Threshold parsing, unit conversion, judging, profiles and the failure table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pytest_kvcache import criteria as cr
+from pytest_kvcache.criteria import (
+    Criterion,
+    Outcome,
+    evaluate,
+    format_value,
+    merge,
+    metric_kind,
+    passed,
+    profile_criteria,
+    render_table,
+)
+from pytest_kvcache.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "metric", "op", "value"),
+    [
+        ("nvme.read.p95<=200ms", "nvme.read.p95", "<=", 0.2),
+        ("cache.hit_rate >= 30%", "cache.hit_rate", ">=", 0.3),
+        ("cache.hit_rate>=0.3", "cache.hit_rate", ">=", 0.3),
+        ("storage.read_gbps>=2", "storage.read_gbps", ">=", 2.0),
+        ("storage.read_gbps>=2GB/s", "storage.read_gbps", ">=", 2.0),
+        ("nvme.write.gbps>=500MB/s", "nvme.write.gbps", ">=", 0.5),
+        ("system.tokens_per_sec>=100", "system.tokens_per_sec", ">=", 100.0),
+        ("nvme.read.p95<=200", "nvme.read.p95", "<=", 0.2),  # bare latency = ms
+        ("e2e.p99 < 1.5s", "e2e.p99", "<", 1.5),
+        ("gpu.read.p50<=50us", "gpu.read.p50", "<=", 50e-6),
+        ("gpu.read.p50<=50µs", "gpu.read.p50", "<=", 50e-6),
+        ("gpu.read.p50<=50μs", "gpu.read.p50", "<=", 50e-6),  # Greek mu
+        ("gpu.read.max<=800ns", "gpu.read.max", "<=", 800e-9),
+        ("cpu.gbps>1GiB/s", "cpu.gbps", ">", 2**30 / 1e9),
+        ("cpu.read.gbps>=100MiB/s", "cpu.read.gbps", ">=", 100 * 2**20 / 1e9),
+        ("cpu.write.gbps>=2000KB/s", "cpu.write.gbps", ">=", 0.002),
+        ("errors.count==0", "errors.count", "==", 0.0),
+        ("requests.completed>=1", "requests.completed", ">=", 1.0),
+        ("read_amplification<=1.5", "read_amplification", "<=", 1.5),
+        ("nvme.all.bytes>=1GB", "nvme.all.bytes", ">=", 1e9),
+    ],
+)
+def test_parse_examples(text, metric, op, value):
+    c = Criterion.parse(text)
+    assert (c.metric, c.op) == (metric, op)
+    assert c.value == pytest.approx(value, rel=1e-12)
+    assert c.source == "cli"
+
+
+def test_exact_conversions():
+    assert Criterion.parse("nvme.read.p95<=200ms").value == 0.2
+    assert Criterion.parse("nvme.write.gbps>=500MB/s").value == 0.5
+    assert Criterion.parse("cache.hit_rate>=30%").value == 0.3
+
+
+def test_text_is_normalised_and_bare_units_are_shown():
+    assert Criterion.parse("  nvme.read.p95 <=  200 ").text == "nvme.read.p95 <= 200ms"
+    assert Criterion.parse("storage.read_gbps>=2").text == "storage.read_gbps >= 2GB/s"
+    assert Criterion.parse("cache.hit_rate>=30 %").text == "cache.hit_rate >= 30%"
+    assert Criterion.parse("errors.count==0", source="marker").source == "marker"
+
+
+def test_metric_kind():
+    assert metric_kind("nvme.read.p95") == "latency"
+    assert metric_kind("redis.demote_write.count") == "count"
+    assert metric_kind("gds.evict.bytes") == "bytes"
+    assert metric_kind("object.all.iops") == "per_second"
+    assert metric_kind("nvme.gbps") == "throughput"
+    assert metric_kind("cache.hit_rate.rag") == "fraction"
+    assert metric_kind("ttft.p95") == "latency"
+    assert metric_kind("read_amplification") == "ratio"
+    assert metric_kind("nvme.read") is None
+    assert metric_kind("tape.read.p95") is None
+    assert metric_kind("cache.hit") is None
+
+
+def test_describe_documents_namespace_and_bare_units():
+    text = cr.describe()
+    assert "a bare number means ms" in text and "a bare number means GB/s" in text
+    for name in cr.FIXED_METRICS:
+        assert name in text
+    for tier in cr.known_tiers:
+        assert tier in text
+
+
+def test_register_tier():
+    assert metric_kind("cxl.read.p95") is None
+    try:
+        cr.register_tier("cxl")
+        assert metric_kind("cxl.read.p95") == "latency"
+        assert Criterion.parse("cxl.read.p95<=1ms").value == 0.001
+    finally:
+        cr.known_tiers.remove("cxl")
+    with pytest.raises(ConfigError, match="clashes"):
+        cr.register_tier("cache")
+    with pytest.raises(ConfigError, match="lowercase"):
+        cr.register_tier("Bad.Tier")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("nvme.read.p95 200ms", ["no comparison operator", "<=", "e.g. nvme.read.p95<=200ms"]),
+        ("nvme.read.p95=>200ms", ["unknown operator '=>'"]),
+        ("nvme.read.p95=200ms", ["unknown operator '='", "=="]),
+        ("a<b<c", ["more than one comparison operator"]),
+        ("<=200ms", ["no metric name"]),
+        ("nvme read p95<=200ms", ["unknown metric", "nvme.read.p95"]),
+        ("nvme.reed.p95<=200ms", ["unknown metric 'nvme.reed.p95'", "nvme.read.p95", "python -m"]),
+        ("cache.hitrate>=30%", ["did you mean", "cache.hit_rate"]),
+        ("tape.read.p95<=1s", ["unknown tier 'tape'", "nvme", "register_tier"]),
+        ("nvme.read.p95<=200xs", ["unknown unit 'xs'", "ns, us, µs, ms, s"]),
+        ("nvme.read.gbps>=2Gbit", ["unknown unit 'Gbit'", "GB/s, MB/s", "MiB/s"]),
+        ("cache.hit_rate>=30pct", ["unknown unit 'pct'", "%"]),
+        ("requests.completed>=5ms", ["takes a bare number", "requests.completed>=1"]),
+        ("system.tokens_per_sec>=10k", ["takes a bare number"]),
+        (
+            "nvme.read.p95<=fast",
+            [
+                "bad threshold 'nvme.read.p95<=fast': value must be a number with an optional "
+                "unit (ns, us, ms, s), e.g. nvme.read.p95<=200ms"
+            ],
+        ),
+        ("nvme.read.p95<=", ["value must be a number"]),
+        ("errors.count<=few", ["plain number", "errors.count<=1"]),
+        ("cache.hit_rate>=30", ["fraction 0..1", "30%"]),
+        ("cache.hit_rate>=130%", ["outside 0%..100%"]),
+    ],
+)
+def test_bad_thresholds_name_the_fix(text, fragments):
+    with pytest.raises(ConfigError) as info:
+        Criterion.parse(text)
+    msg = str(info.value)
+    assert msg.startswith("bad threshold")
+    for fragment in fragments:
+        assert fragment in msg
+
+
+def test_non_string_threshold():
+    with pytest.raises(ConfigError, match="string"):
+        Criterion.parse(0.3)  # type: ignore[arg-type]
+
+
+def test_evaluate_pass_fail_na_and_boundaries():
+    crits = [
+        Criterion.parse("nvme.read.p95<=200ms"),
+        Criterion.parse("nvme.write.p95<200ms"),
+        Criterion.parse("cache.hit_rate>=30%"),
+        Criterion.parse("storage.gbps>0.5"),
+        Criterion.parse("errors.count==0"),
+        Criterion.parse("gpu.read.p95<=1ms"),
+        Criterion.parse("cpu.read.p95<=1ms"),
+    ]
+    metrics = {
+        "nvme.read.p95": 0.2,  # equal: passes <=
+        "nvme.write.p95": 0.2,  # equal: fails <
+        "cache.hit_rate": 0.25,
+        "storage.gbps": 0.5,  # equal: fails >
+        "errors.count": 0,
+        "cpu.read.p95": math.nan,
+    }
+    out = evaluate(crits, metrics)
+    assert [o.status for o in out] == ["pass", "fail", "fail", "fail", "pass", "n/a", "n/a"]
+    assert out[0].measured == 0.2
+    assert out[5].measured is None and out[6].measured is None
+    assert not passed(out)
+    assert passed([o for o in out if o.status != "fail"])
+    assert passed([])
+
+
+def test_evaluate_accepts_numpy_scalars():
+    np = pytest.importorskip("numpy")
+    (o,) = evaluate([Criterion.parse("e2e.p95<=1s")], {"e2e.p95": np.float64(0.5)})
+    assert o.status == "pass" and o.measured == 0.5
+
+
+def test_profiles():
+    lat = profile_criteria("latency")
+    assert [c.text for c in lat] == [
+        "nvme.read.p95 <= 200ms",
+        "nvme.write.p95 <= 500ms",
+        "cpu.read.p95 <= 150ms",
+        "cpu.write.p95 <= 150ms",
+        "cache.hit_rate >= 30%",
+    ]
+    assert {c.source for c in lat} == {"profile:latency"}
+    thr = {c.metric: c for c in profile_criteria("throughput")}
+    assert thr["storage.gbps"].value == 0.5 and thr["storage.gbps"].op == ">="
+    assert thr["requests.completed"].value >= 1
+    # a run that moved one byte does not pass the throughput profile
+    out = evaluate(profile_criteria("throughput"), {"storage.gbps": 1e-9, "requests.completed": 1})
+    assert not passed(out)
+    assert profile_criteria("none") == []
+    with pytest.raises(ConfigError, match="latency, throughput, none"):
+        profile_criteria("fast")
+
+
+def test_merge_replaces_same_metric_and_direction():
+    profile = profile_criteria("latency")
+    user = [
+        Criterion.parse("nvme.read.p95<50ms"),  # same direction: replaces <=200ms
+        Criterion.parse("cache.hit_rate<=90%"),  # other direction: both stay
+        Criterion.parse("cpu.write.p95==0.1s"),  # == replaces either bound
+        Criterion.parse("e2e.p95<=1s"),
+    ]
+    merged = merge(profile, user)
+    texts = [c.text for c in merged]
+    assert "nvme.read.p95 <= 200ms" not in texts
+    assert "nvme.read.p95 < 50ms" in texts
+    assert "cache.hit_rate >= 30%" in texts and "cache.hit_rate <= 90%" in texts
+    assert "cpu.write.p95 <= 150ms" not in texts
+    assert "nvme.write.p95 <= 500ms" in texts and "e2e.p95 <= 1s" in texts
+    assert len(merged) == len(profile) - 2 + len(user)
+    assert merge([], user) == user and merge(profile, []) == profile
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "shown"),
+    [
+        ("nvme.read.p95", 0.2, "200 ms"),
+        ("nvme.read.p95", 0.0123456, "12.3 ms"),
+        ("nvme.read.p95", 9.5, "9,500 ms"),
+        ("nvme.read.p95", 12.0, "12 s"),
+        ("gpu.read.p50", 45.6e-6, "45.6 µs"),
+        ("gpu.read.p50", 120e-9, "120 ns"),
+        ("storage.gbps", 2.345, "2.35 GB/s"),
+        ("cache.hit_rate", 0.3, "30%"),
+        ("cache.hit_rate", 0.4567, "45.7%"),
+        ("requests.completed", 12345, "12,345"),
+        ("system.tokens_per_sec", 1234.6, "1,235"),
+        ("read_amplification", 1.25, "1.25"),
+        ("nvme.read.p95", None, "-"),
+    ],
+)
+def test_format_value(metric, value, shown):
+    assert format_value(metric, value) == shown
+
+
+def test_render_table():
+    crits = merge(profile_criteria("latency"), [Criterion.parse("e2e.p95<=1s", source="marker")])
+    out = evaluate(crits, {"nvme.read.p95": 0.35, "cpu.read.p95": 0.01, "cache.hit_rate": 0.5})
+    table = render_table(out)
+    header = table.splitlines()[0].split()
+    assert header == ["criterion", "measured", "status", "source"]
+    for c in crits:
+        assert c.text in table
+    assert "FAIL" in table and "PASS" in table and "n/a" in table
+    assert "350 ms" in table and "profile:latency" in table and "marker" in table
+    fail_line = next(line for line in table.splitlines() if "nvme.read.p95" in line)
+    assert "FAIL" in fail_line
+    assert isinstance(out[0], Outcome)
