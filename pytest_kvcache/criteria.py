@@ -360,6 +360,7 @@ PROFILES: dict[str, list[str]] = {
     "latency": [
         "nvme.read.p95<=200ms",
         "nvme.write.p95<=500ms",
+        "nvme.demote_write.p95<=500ms",  # with RAM in front, every nvme write is a demotion
         "cpu.read.p95<=150ms",
         "cpu.write.p95<=150ms",
         "cache.hit_rate>=30%",

@@ -99,6 +99,7 @@ class Settings:
     threshold: tuple = ()
     report: str | None = "kvcache-report.json"
     models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
+    threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -203,6 +204,7 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
     yaml_values: dict = load_yaml_config(config_path) if config_path else {}
 
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for opt in OPTIONS:
         found = pick(opt.name)
         if found is None and yaml_values.get(opt.name) is not None:
@@ -210,6 +212,7 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
         if found is None and ini.get(opt.name) not in (None, "", [], ()):
             found = ("ini " + opt.ini, ini[opt.name])
         values[opt.name] = _convert(opt, found[1], found[0]) if found else opt.default
+        sources[opt.name] = found[0] if found else "default"
 
     models = {}
     raw_models = yaml_values.get("models")
@@ -223,4 +226,6 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
     resolve_model(values["model"], models)  # unknown model -> ConfigError listing the known ones
     if values["io_block_mb"] < 0.004:
         raise ConfigError("--kv-io-block-mb must be at least 0.004 (one 4 KiB block).")
-    return Settings(**values, models=models)
+    label = {"command line": "cli", "environment": "env", "--kv-config": "yaml"}
+    source = sources["threshold"]
+    return Settings(**values, models=models, threshold_source=label.get(source, "ini" if source.startswith("ini") else source))

@@ -1,0 +1,114 @@
+"""pytest entry point: options, ini keys, markers, hooks and the session report.
+
+Options and ini keys come from ``settings.OPTIONS``; fixtures live in ``fixtures.py`` and are
+exposed here so pytest finds them through the ``pytest11`` entry point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from . import hookspec
+from .backends import default_registry
+from .criteria import register_tier
+from .engine import check_cache_dir
+from .errors import ConfigError
+from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin module)
+    SESSION_KEY,
+    kv_model,
+    kv_run,
+    kv_session,
+    kv_settings,
+    kv_tiers,
+    kv_workload,
+)
+from .fsinfo import free_bytes
+from .report import scenario_text
+from .session import KVSession
+from .settings import GB, OPTIONS, build_settings
+
+
+def pytest_addhooks(pluginmanager):
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kvcache", "KV-cache storage benchmark (pytest-kvcache)")
+    for opt in OPTIONS:
+        kwargs = {"dest": "kv_" + opt.name, "default": None, "help": f"{opt.help} (ini {opt.ini}, env {opt.env})"}
+        if opt.kind == "list":
+            kwargs["action"] = "append"
+        if opt.choices:
+            kwargs["metavar"] = "{" + ",".join(opt.choices) + "}"
+        group.addoption(opt.flag, **kwargs)
+        parser.addini(opt.ini, help=opt.help, type="linelist" if opt.kind == "list" else "string")
+    parser.addini("kv_thresholds", help="alias of kv_threshold: one criterion per line", type="linelist")
+
+
+def _ini_values(config) -> dict:
+    values = {opt.name: config.getini(opt.ini) for opt in OPTIONS}
+    values["threshold"] = list(values["threshold"]) + list(config.getini("kv_thresholds"))
+    return values
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kv_criteria(*thresholds): extra pass/fail criteria for this scenario, "
+                                       "e.g. @pytest.mark.kv_criteria('nvme.read.p95<=100ms')")
+    cli = {opt.name: config.getoption("kv_" + opt.name) for opt in OPTIONS}
+    try:
+        settings = build_settings(cli, _ini_values(config))
+        check_cache_dir(settings.cache_root)
+        if settings.nvme_capacity_gb and settings.nvme_capacity_gb * GB > free_bytes(settings.cache_root):
+            raise ConfigError(
+                f"--kv-nvme-capacity-gb {settings.nvme_capacity_gb:g} is more than the "
+                f"{free_bytes(settings.cache_root) / GB:.1f} GB free in {settings.cache_root}; "
+                "lower it or free space on that drive.")
+        registry = default_registry()
+        config.hook.pytest_kvcache_register_backends(registry=registry)
+        if settings.nvme_backend not in registry.names():
+            raise ConfigError(f"--kv-nvme-backend {settings.nvme_backend!r} is not a known backend; "
+                              f"known: {', '.join(registry.names())}.")
+        report = Path(settings.report) if settings.report else None
+        if report is not None and not report.is_absolute():
+            report = Path(config.invocation_params.dir) / report
+        config.stash[SESSION_KEY] = KVSession(settings, registry, report)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    for name in ("gpu", "cpu", "nvme"):
+        register_tier(name)
+
+
+def pytest_report_header(config):
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return None
+    s, m = session.settings, session.model
+    return (f"kvcache: model {m.name} ({m.bytes_per_token:,} B/token), cache dir {s.cache_root}, seed {s.seed}, "
+            f"{s.users} users, {s.duration:g} s window after {s.warmup:g} s warm-up, generation {s.generation_mode}, "
+            f"chunk {s.chunk_tokens} tokens, profile {s.profile}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    kv = session.config.stash.get(SESSION_KEY, None)
+    if kv is None:
+        return
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        kv.interrupted = True
+    kv.write_report(final=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    kv = config.stash.get(SESSION_KEY, None)
+    if kv is None or not kv.results:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "kvcache session report")
+    for result in kv.results:
+        tr.write_line(scenario_text(result))
+        tr.write_line("")
+    s = kv.results[0]
+    tr.write_line(f"trace sha256 {s.trace.get('sha256')} (seed {kv.settings.seed}, {s.trace.get('requests')} requests)")
+    if kv.report_path is not None:
+        tr.write_line(f"JSON report: {kv.report_path}")

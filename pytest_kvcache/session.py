@@ -1,0 +1,47 @@
+"""State of one pytest session: settings, model, backends, workload traces and results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .backends import BackendRegistry
+from .criteria import Criterion, merge, profile_criteria
+from .models import ModelSpec, resolve_model
+from .report import build_report, write_json
+from .result import ScenarioResult
+from .settings import Settings
+from .workload import Trace, WorkloadParams, generate_trace
+
+
+class KVSession:
+    def __init__(self, settings: Settings, registry: BackendRegistry, report_path: Path | None):
+        self.settings = settings
+        self.registry = registry
+        self.report_path = report_path
+        self.model: ModelSpec = resolve_model(settings.model, settings.models)
+        self.criteria: list[Criterion] = merge(
+            profile_criteria(settings.profile),
+            [Criterion.parse(t, settings.threshold_source) for t in settings.threshold])
+        self.results: list[ScenarioResult] = []
+        self.interrupted = False
+        self._traces: dict[tuple, Trace] = {}
+
+    def trace_for(self, settings: Settings) -> Trace:
+        params = WorkloadParams(seed=settings.seed, users=settings.users,
+                                requests_per_user=settings.requests_per_user,
+                                think_time_scale=settings.think_time_scale)
+        key = tuple(sorted(params.to_dict().items(), key=lambda kv: kv[0]).__repr__())
+        if key not in self._traces:
+            self._traces[key] = generate_trace(params)
+        return self._traces[key]
+
+    def add(self, result: ScenarioResult) -> None:
+        """Keep a result and rewrite the report at once, so a crash later loses nothing."""
+        self.results.append(result)
+        self.write_report(final=False)
+
+    def write_report(self, final: bool) -> Path | None:
+        if self.report_path is None or not self.results:
+            return None
+        write_json(self.report_path, build_report(self, final))
+        return self.report_path

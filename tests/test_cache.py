@@ -1,0 +1,293 @@
+"""MultiTierCache: placement, waterfall demotion, eviction, rewrites, lookups and invariants."""
+
+import random
+import threading
+
+import pytest
+
+from pytest_kvcache.backends.base import BackendContext, TierSpec
+from pytest_kvcache.backends.mock import MockBackend
+from pytest_kvcache.cache import HIGH_WATER, MultiTierCache
+from pytest_kvcache.errors import BackendError
+from pytest_kvcache.payload import NoiseSource, StagingBuffers
+from pytest_kvcache.recorder import Recorder
+
+BPT = 10  # bytes per token: an entry of t tokens is 10*t bytes
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return BackendContext(noise=NoiseSource(1, size=1 << 20), staging=StagingBuffers(1 << 16))
+
+
+def make_cache(ctx, *caps, names=("gpu", "cpu", "nvme"), bpt=BPT, **options):
+    backends = [MockBackend(TierSpec(name, "mock", cap, dict(options)), ctx)
+                for name, cap in zip(names, caps, strict=False)]
+    rec = Recorder()
+    rec.open_window(0)
+    return MultiTierCache(backends, rec, bpt), rec
+
+
+def total(rec, tier, op):
+    return rec.total.get((tier, op), [0, 0])[0]
+
+
+def where(cache, key):
+    return [t.name for t in cache.tiers if key in t.entries]
+
+
+# -- placement --------------------------------------------------------------------------
+
+def test_new_entries_go_to_the_fastest_tier(ctx):
+    cache, rec = make_cache(ctx, 1000, 1000)
+    assert cache.put("a", 10) == "gpu"
+    assert where(cache, "a") == ["gpu"]
+    assert cache.tiers[0].used == 100 and cache.tiers[1].used == 0
+    assert total(rec, "gpu", "write") == 1
+    assert rec.total[("gpu", "write")][1] == 100
+    assert cache.contains("a") and not cache.contains("b")
+    assert cache.check_invariants() == []
+
+
+def test_entry_over_a_tiers_high_water_goes_to_the_next_tier(ctx):
+    cache, rec = make_cache(ctx, 1000, 10_000)
+    assert cache.tiers[0].high_water == int(1000 * HIGH_WATER) == 800
+    assert cache.put("fits", 80) == "gpu"  # exactly the high-water mark
+    assert cache.put("big", 81) == "cpu"  # 810 B > 800 B: skips gpu without demoting anything
+    assert where(cache, "fits") == ["gpu"]
+    assert total(rec, "gpu", "demote_read") == 0
+    assert cache.check_invariants() == []
+
+
+def test_entry_too_big_for_every_tier_is_dropped(ctx):
+    cache, rec = make_cache(ctx, 1000, 2000)
+    assert cache.put("huge", 161) is None  # 1610 B > 1600 B high-water of the last tier
+    assert cache.dropped == 1
+    assert rec.counters["entries_dropped"] == 1
+    assert not cache.contains("huge")
+    assert rec.total == {}
+    assert cache.read("huge", "multi_turn") is None
+    assert cache.check_invariants() == []
+
+
+# -- waterfall ------------------------------------------------------------------------
+
+def test_filling_tier0_demotes_lru_entries_to_tier1(ctx):
+    cache, rec = make_cache(ctx, 1000, 10_000)  # gpu high water 800 B: 8 entries of 100 B
+    for i in range(8):
+        assert cache.put(f"k{i}", 10) == "gpu"
+    assert total(rec, "gpu", "demote_read") == 0
+    assert cache.put("k8", 10) == "gpu"
+    # k0 was least recently used: read out of gpu, written to cpu, deleted from gpu
+    assert where(cache, "k0") == ["cpu"]
+    assert total(rec, "gpu", "demote_read") == 1
+    assert total(rec, "cpu", "demote_write") == 1
+    assert total(rec, "gpu", "delete") == 1
+    assert rec.total[("cpu", "demote_write")][1] == 100
+    assert rec.counters["demotions.gpu"] == 1
+    assert cache.tiers[0].used == 800 and cache.tiers[1].used == 100
+    assert cache.check_invariants() == []
+
+
+def test_read_touches_lru_so_the_read_entry_stays(ctx):
+    cache, rec = make_cache(ctx, 1000, 10_000)
+    for i in range(8):
+        cache.put(f"k{i}", 10)
+    assert cache.read("k0", "multi_turn") == "gpu"  # k0 is now the most recently used
+    cache.put("k8", 10)
+    cache.put("k9", 10)
+    assert where(cache, "k0") == ["gpu"]
+    assert where(cache, "k1") == ["cpu"] and where(cache, "k2") == ["cpu"]
+    assert cache.check_invariants() == []
+
+
+def test_last_tier_evicts(ctx):
+    cache, rec = make_cache(ctx, 500, 500)  # 4 entries of 100 B per tier
+    for i in range(9):
+        cache.put(f"k{i}", 10)
+    # 9 entries, room for 8: the oldest left the cache through an eviction of the last tier
+    assert not cache.contains("k0")
+    assert total(rec, "cpu", "evict") == 1
+    assert rec.counters["evictions.cpu"] == 1
+    assert [t.occupancy()["entries"] for t in cache.tiers] == [4, 4]
+    assert cache.read("k0", "multi_turn") is None
+    assert cache.check_invariants() == []
+
+
+def test_waterfall_recurses_across_three_tiers(ctx):
+    cache, rec = make_cache(ctx, 250, 250, 250)  # high water 200 B: 2 entries of 100 B each
+    for i in range(7):
+        assert cache.put(f"k{i}", 10) == "gpu"
+    assert where(cache, "k6") == ["gpu"] and where(cache, "k5") == ["gpu"]
+    assert where(cache, "k4") == ["cpu"] and where(cache, "k3") == ["cpu"]
+    assert where(cache, "k2") == ["nvme"] and where(cache, "k1") == ["nvme"]
+    assert not cache.contains("k0")
+    assert total(rec, "cpu", "demote_read") >= 1 and total(rec, "nvme", "demote_write") >= 1
+    assert total(rec, "nvme", "evict") == 1
+    assert total(rec, "gpu", "demote_read") == 5
+    assert cache.read("k1", "multi_turn") == "nvme"
+    assert cache.check_invariants() == []
+
+
+def test_demotion_falls_back_to_eviction_when_next_tier_cannot_hold_it(ctx):
+    cache, rec = make_cache(ctx, 1000, 500)  # cpu high water 400 B
+    cache.put("big", 50)  # 500 B in gpu; too big for cpu
+    cache.put("x", 40)  # 400 B: gpu would pass 800 B, big must leave it
+    assert not cache.contains("big")
+    assert total(rec, "gpu", "evict") == 1
+    assert where(cache, "x") == ["gpu"]
+    assert cache.check_invariants() == []
+
+
+# -- rewrite ----------------------------------------------------------------------------
+
+def test_rewrite_replaces_without_double_accounting(ctx):
+    cache, rec = make_cache(ctx, 1000, 10_000)
+    cache.put("conv.k00000", 10)  # partial tail chunk ...
+    cache.put("other", 10)
+    assert cache.put("conv.k00000", 25) == "gpu"  # ... grows and is rewritten under the same key
+    assert cache.tiers[0].used == 350
+    assert len(cache.tiers[0].entries) == 2
+    assert cache.tiers[0].entries["conv.k00000"].tokens == 25
+    assert total(rec, "gpu", "write") == 3
+    assert total(rec, "gpu", "delete") == 1  # the old version
+    assert cache.check_invariants() == []
+
+
+def test_rewrite_of_a_demoted_entry_lands_in_the_fastest_tier(ctx):
+    cache, rec = make_cache(ctx, 250, 1000)
+    for i in range(3):
+        cache.put(f"k{i}", 10)
+    assert where(cache, "k0") == ["cpu"]
+    cache.put("k0", 11)
+    assert where(cache, "k0") == ["gpu"]
+    assert total(rec, "cpu", "delete") == 1
+    assert cache.check_invariants() == []
+
+
+# -- lookups -------------------------------------------------------------------------
+
+def test_read_hit_and_miss_are_recorded(ctx):
+    cache, rec = make_cache(ctx, 1000, 1000)
+    cache.put("a", 10)
+    assert cache.read("a", "prefix") == "gpu"
+    assert cache.read("nope", "prefix") is None
+    assert cache.read("nope", "multi_turn") is None
+    assert rec.lookups == {"prefix": [1, 1], "multi_turn": [0, 1]}
+    assert total(rec, "gpu", "read") == 1
+    assert rec.window[("gpu", "read")].tokens == 10
+    assert rec.window[("gpu", "read")].bytes == 100
+
+
+def test_a_failed_write_leaves_no_trace(ctx):
+    class Failing(MockBackend):
+        def write(self, key, nbytes):
+            raise BackendError("disk on fire")
+
+    rec = Recorder()
+    rec.open_window(0)
+    cache = MultiTierCache([Failing(TierSpec("nvme", "mock", 1000), ctx)], rec, BPT)
+    with pytest.raises(BackendError):
+        cache.put("a", 10)
+    assert not cache.contains("a")
+    assert cache.tiers[0].used == 0
+    assert cache.check_invariants() == []
+
+
+def test_a_cache_needs_a_tier():
+    with pytest.raises(ValueError):
+        MultiTierCache([], Recorder(), BPT)
+
+
+# -- invariants -----------------------------------------------------------------------
+
+def test_invariants_report_an_entry_lost_behind_the_cache(ctx):
+    cache, _ = make_cache(ctx, 1000, 1000)
+    for i in range(10):
+        cache.put(f"k{i}", 10)
+    assert cache.check_invariants() == []
+    backend = cache.tiers[1].backend
+    lost = next(iter(backend._sizes))
+    del backend._sizes[lost]  # the medium lost it; the cache still accounts it
+    problems = cache.check_invariants()
+    assert any("cpu" in p and "missing" in p for p in problems), problems
+
+
+def test_invariants_report_an_unknown_entry(ctx):
+    cache, _ = make_cache(ctx, 1000, 1000)
+    cache.put("a", 10)
+    cache.tiers[0].backend._sizes["stray"] = 5
+    assert any("unknown" in p for p in cache.check_invariants())
+
+
+def test_invariants_report_corrupt_accounting(ctx):
+    cache, _ = make_cache(ctx, 1000, 1000)
+    cache.put("a", 10)
+    cache.tiers[0].used += 7
+    problems = cache.check_invariants()
+    assert any("gpu: accounted" in p for p in problems), problems
+
+
+def test_invariants_report_an_entry_in_two_tiers_and_an_over_budget_peak(ctx):
+    cache, _ = make_cache(ctx, 1000, 1000)
+    cache.put("a", 10)
+    entry = cache.tiers[0].entries["a"]
+    cache.tiers[1].entries["a"] = entry
+    cache.tiers[1].used += entry.footprint
+    cache.tiers[1].backend._sizes["a"] = 100
+    cache.tiers[0].peak = 5000
+    problems = cache.check_invariants()
+    assert any("also live in a faster tier" in p for p in problems), problems
+    assert any("over its budget" in p for p in problems), problems
+
+
+# -- concurrency ------------------------------------------------------------------------
+
+def _worker(cache, seed, keys, ops, failures):
+    rng = random.Random(seed)
+    try:
+        for _ in range(ops):
+            key = rng.choice(keys)
+            if rng.random() < 0.5:
+                cache.put(key, rng.randint(1, 30))
+            else:
+                cache.read(key, "multi_turn")
+    except BaseException as exc:  # surfaces in the main thread
+        failures.append(repr(exc))
+
+
+def _check_quiescent(cache):
+    assert cache.check_invariants() == []
+    for t in cache.tiers:
+        assert t.peak <= t.high_water <= t.budget
+        assert t.used == sum(e.footprint for e in t.entries.values())
+    index = set(cache._index)
+    for key in index:
+        assert len(where(cache, key)) == 1, key
+    assert index == set().union(*(set(t.entries) for t in cache.tiers))
+
+
+@pytest.mark.parametrize("shared_keys", [False, True], ids=["own-keys", "shared-keys"])
+def test_concurrent_puts_and_reads_keep_the_invariants(ctx, shared_keys):
+    # budgets of a few entries, so nearly every put demotes and the last tier evicts
+    cache, rec = make_cache(ctx, 1000, 1500, 2500)
+    nthreads, ops = 16, 300
+    for phase in range(3):
+        failures = []
+        threads = []
+        for t in range(nthreads):
+            keys = ([f"s{i}" for i in range(40)] if shared_keys
+                    else [f"t{t}.k{i}" for i in range(8)])
+            threads.append(threading.Thread(
+                target=_worker, args=(cache, phase * 100 + t, keys, ops, failures)))
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert not any(th.is_alive() for th in threads)
+        assert failures == []
+        _check_quiescent(cache)
+    assert total(rec, "gpu", "demote_read") > 0
+    assert total(rec, "nvme", "evict") > 0
+    hits, misses = rec.lookups["multi_turn"]
+    assert hits > 0 and misses > 0
