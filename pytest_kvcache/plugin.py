@@ -78,6 +78,10 @@ def pytest_configure(config):
         raise pytest.UsageError(str(exc)) from None
     for name in ("gpu", "cpu", "nvme"):
         register_tier(name)
+    if str(config.rootpath) == "/":
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            "pytest's rootdir is '/': a path given as '--kv-cache-dir PATH' counts when pytest picks its "
+            "rootdir. Write '--kv-cache-dir=PATH' so test ids and saved benchmarks stay stable."), stacklevel=2)
 
 
 def pytest_report_header(config):

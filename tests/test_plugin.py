@@ -1,0 +1,200 @@
+"""End-to-end tests of the plugin through pytester: options, errors, report, cleanup, determinism."""
+
+import json
+import os
+
+import pytest
+
+FAST = ["--kv-duration", "0.6", "--kv-warmup", "0", "--kv-users", "2", "--kv-requests-per-user", "4",
+        "--kv-think-time-scale", "0", "--kv-generation-mode", "none", "--kv-cpu-mem-gb", "0.5",
+        "--kv-nvme-capacity-gb", "1", "-p", "no:cacheprovider"]
+
+SCENARIO = """
+import pytest
+
+@pytest.mark.parametrize("kv_tiers", {configs!r}, indirect=True)
+def test_tiers(kv_tiers, kv_run):
+    kv_run(kv_tiers)
+"""
+
+
+@pytest.fixture
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def run(pytester, cache_dir, *args, configs=("cpu-only", "storage-only")):
+    pytester.makepyfile(test_scn=SCENARIO.format(configs=list(configs)))
+    return pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, *args)
+
+
+def report(pytester):
+    return json.loads((pytester.path / "kvcache-report.json").read_text())
+
+
+def test_options_are_listed_in_help(pytester):
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*KV-cache storage benchmark*", "*--kv-model*", "*--kv-cache-dir*", "*--kv-threshold*"])
+
+
+def test_scenarios_run_report_and_clean_up(pytester, cache_dir):
+    (cache_dir / "users-own-file.npy").write_bytes(b"keep me")
+    result = run(pytester, cache_dir)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*kvcache session report*", "storage-only [[]PASSED]*", "*JSON report:*"])
+    data = report(pytester)
+    assert data["schema_version"] == 1 and data["complete"] is True
+    assert [s["name"] for s in data["scenarios"]] == ["cpu-only", "storage-only"]
+    storage = data["scenarios"][1]
+    for key in ("storage_throughput_tokens_per_sec", "cache_hit_rate", "end_to_end_latency_ms", "nvme_entries"):
+        assert key in storage["summary"]
+    assert storage["backends"][0]["io_mode"] in ("direct", "buffered")
+    assert len(storage["trace"]["sha256"]) == 64
+    assert storage["settings"]["seed"] == 42
+    assert "device_counters" in storage
+    assert os.listdir(cache_dir) == ["users-own-file.npy"]
+
+
+def test_failing_threshold_fails_the_storage_scenario_with_a_table(pytester, cache_dir):
+    result = run(pytester, cache_dir, "--kv-threshold", "nvme.read.p95<=1us")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*storage-only: 1 of * criteria failed*", "*nvme.read.p95 <= 1us*FAIL*cli*"])
+    assert report(pytester)["scenarios"][1]["status"] == "failed"
+
+
+def test_ini_settings_and_thresholds(pytester, cache_dir):
+    pytester.makeini("[pytest]\nkv_model = llama3.1-8b\nkv_thresholds =\n    cache.hit_rate>=0%\n")
+    result = run(pytester, cache_dir, configs=["cpu-only"])
+    result.assert_outcomes(passed=1)
+    data = report(pytester)
+    assert data["model"]["bytes_per_token"] == 131072
+    crit = data["scenarios"][0]["criteria"]
+    assert [c["source"] for c in crit if c["metric"] == "cache.hit_rate"] == ["ini"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--kv-model", "gpt-5"], "unknown model 'gpt-5'. Known models: deepseek-v3"),
+        (["--kv-users", "-3"], "--kv-users (command line) must be at least 1"),
+        (["--kv-users", "many"], "--kv-users (command line) must be a number"),
+        (["--kv-duration", "0"], "--kv-duration (command line) must be greater than 0"),
+        (["--kv-cpu-mem-gb", "-1"], "--kv-cpu-mem-gb (command line) must be 0 or more"),
+        (["--kv-chunk-tokens", "1.5"], "must be a whole number"),
+        (["--kv-threshold", "nvme.read.p95<=fast"], "bad threshold 'nvme.read.p95<=fast'"),
+        (["--kv-threshold", "nvme.reed.p95<=2ms"], "nvme.read.p95"),
+        (["--kv-threshold", "nvme.read.p95<=2parsecs"], "unit"),
+        (["--kv-profile", "fastest"], "--kv-profile (command line) must be one of latency, throughput, none"),
+        (["--kv-nvme-capacity-gb", "1e9"], "free"),
+    ],
+)
+def test_bad_input_is_a_usage_error(pytester, cache_dir, args, needle):
+    result = run(pytester, cache_dir, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert needle in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_bad_cache_dirs_are_usage_errors(pytester, tmp_path):
+    missing = tmp_path / "nope"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for path, needle in ((missing, "does not exist"), (a_file, "is not a directory")):
+        result = run(pytester, path)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert needle in result.stderr.str()
+
+
+def test_bad_yaml_config_is_a_usage_error(pytester, cache_dir):
+    bad = pytester.path / "bad.yaml"
+    bad.write_text("users: [1, 2\n")
+    result = run(pytester, cache_dir, "--kv-config", str(bad))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "not valid YAML" in result.stderr.str()
+    unknown = pytester.path / "unknown.yaml"
+    unknown.write_text("userz: 3\n")
+    result = run(pytester, cache_dir, "--kv-config", str(unknown))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "unknown key 'userz'" in result.stderr.str()
+
+
+def test_yaml_config_sets_values_and_custom_models(pytester, cache_dir):
+    cfg = pytester.path / "kv.yaml"
+    cfg.write_text("model: my-model\nseed: 7\nmodels:\n  my-model: {layers: 2, kv_heads: 2, head_dim: 64}\n")
+    result = run(pytester, cache_dir, "--kv-config", str(cfg), configs=["cpu-only"])
+    result.assert_outcomes(passed=1)
+    data = report(pytester)
+    assert data["model"]["bytes_per_token"] == 2 * 2 * 2 * 64 * 2
+    assert data["seed"] == 7
+
+
+def test_gpu_scenarios_skip_without_cuda(pytester, cache_dir):
+    from pytest_kvcache.backends.gpu import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is None:
+        pytest.skip("a CUDA device is present here")
+    result = run(pytester, cache_dir, "-rs", configs=["gpu-only", "gpu+cpu+storage"])
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines([f"*gpu-only: {reason.split(':')[0]}*"])
+
+
+def _mock_run(pytester, cache_dir, seed):
+    pytester.makepyfile(test_scn=SCENARIO.format(configs=["cpu+storage"]))
+    args = [*FAST, "--kv-users", "1", "--kv-duration", "30", "--kv-nvme-backend", "mock",
+            "--kv-seed", str(seed), "--kv-report", f"r{seed}.json"]
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *args)
+    result.assert_outcomes(passed=1)
+    scn = json.loads((pytester.path / f"r{seed}.json").read_text())["scenarios"][0]
+    assert scn["trace"]["exhausted"] is True
+    counts = {(t, op): f["count"] for t, ops in scn["summary"]["tiers"].items() for op, f in ops.items()}
+    return scn["trace"]["sha256"], counts
+
+
+def test_same_seed_same_trace_and_op_counts_on_mock(pytester, cache_dir):
+    h1, c1 = _mock_run(pytester, cache_dir, 5)
+    (pytester.path / "r5.json").rename(pytester.path / "first.json")
+    h2, c2 = _mock_run(pytester, cache_dir, 5)
+    h3, _ = _mock_run(pytester, cache_dir, 6)
+    assert h1 == h2 and c1 == c2 and c1
+    assert h3 != h1
+
+
+def test_backend_hook_and_criteria_marker(pytester, cache_dir):
+    pytester.makeconftest("""
+from pytest_kvcache.backends.mock import MockBackend
+
+class SlowDrive(MockBackend):
+    name = "slowdrive"
+
+def pytest_kvcache_register_backends(registry):
+    registry.register("slowdrive", SlowDrive)
+
+def pytest_kvcache_adjust_settings(settings, scenario):
+    return {"users": 3}
+""")
+    pytester.makepyfile(test_scn="""
+import pytest
+
+@pytest.mark.kv_criteria("requests.completed>=1000000")
+@pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
+def test_tiers(kv_tiers, kv_run):
+    kv_run(kv_tiers)
+""")
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-nvme-backend", "slowdrive")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*requests.completed >= 1000000*FAIL*marker*"])
+    scn = report(pytester)["scenarios"][0]
+    assert scn["backends"][0]["backend"] == "slowdrive"
+    assert scn["trace"]["users"] == 3
+
+
+def test_junit_properties(pytester, cache_dir):
+    result = run(pytester, cache_dir, "--junitxml=out.xml", configs=["storage-only"])
+    result.assert_outcomes(passed=1)
+    xml = (pytester.path / "out.xml").read_text()
+    assert 'name="kv_nvme_read_p95_ms"' in xml and 'name="kv_trace_sha256"' in xml
+
+
+def test_no_report_without_scenarios(pytester):
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert not (pytester.path / "kvcache-report.json").exists()
