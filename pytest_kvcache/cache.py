@@ -14,13 +14,14 @@ import time
 from collections import OrderedDict
 
 from .backends.base import Backend
-from .errors import BackendError
+from .errors import BackendError, BackendFull
 from .recorder import Recorder
 
 WRITING, READY, MOVING = "writing", "ready", "moving"
 HIGH_WATER = 0.8
 _WAIT_S = 0.05
 _MAX_WAITS = 200  # give a reservation up after ~10 s of finding every entry busy
+_RETRY = object()
 
 
 class Entry:
@@ -61,7 +62,11 @@ class MultiTierCache:
 
     # -- public API -------------------------------------------------------------------
     def read(self, key: str, kind: str) -> str | None:
-        """Load ``key`` into the compute device. Returns the tier it came from, None on a miss."""
+        """Load ``key`` into the compute device. Returns the tier it came from, None on a miss.
+
+        A failed read is an error and a miss, never a hit: the broken entry leaves the cache
+        so the caller recomputes and stores it again.
+        """
         with self._cond:
             entry = self._wait_settled(key)
             if entry is None:
@@ -72,48 +77,76 @@ class MultiTierCache:
             tier.entries.move_to_end(key)
         try:
             res = tier.backend.read(key, entry.nbytes)
-        finally:
+        except BackendError as exc:
+            self.recorder.error(f"{tier.name} read of {key}: {exc}")
+            self.recorder.lookup(kind, False, time.perf_counter_ns())
             with self._cond:
                 entry.pins -= 1
-                self._cond.notify_all()
+                entry.state = MOVING
+            self._remove(entry, "delete")
+            return None
+        with self._cond:
+            entry.pins -= 1
+            self._cond.notify_all()
         self.recorder.io(tier.name, "read", res, entry.tokens)
         self.recorder.lookup(kind, True, res.end_ns)
         return tier.name
 
     def put(self, key: str, tokens: int) -> str | None:
-        """Store ``tokens`` of KV as ``key`` (replacing an older version). Returns the tier."""
+        """Store ``tokens`` of KV as ``key`` (replacing an older version). Returns the tier.
+
+        A tier that reports itself full (GPU out of memory, say) is skipped for the next one;
+        when the last one is full too, ``BackendFull`` propagates and ends the run.
+        """
         nbytes = tokens * self.bytes_per_token
-        with self._cond:
-            old = self._wait_settled(key)
+        while True:
+            with self._cond:
+                old = self._wait_settled(key)
+                if old is not None:
+                    old.state = MOVING  # nobody else may touch it while it is replaced
             if old is not None:
-                old.state = MOVING  # nobody else may touch it while it is replaced
-        if old is not None:
-            self._remove(old, "delete")
+                self._remove(old, "delete")
+            placed = self._place(key, tokens, nbytes)
+            if placed is not _RETRY:
+                return placed
+
+    def _place(self, key: str, tokens: int, nbytes: int):
+        full: BackendFull | None = None
         for idx, tier in enumerate(self.tiers):
             fp = tier.backend.footprint(nbytes)
-            if fp <= tier.high_water and self._reserve(idx, fp):
-                break
-        else:
+            if fp > tier.high_water or not self._reserve(idx, fp):
+                continue
+            entry = Entry(key, tokens, nbytes, fp, idx)
             with self._cond:
-                self.dropped += 1
-            self.recorder.count("entries_dropped")
-            return None
-        entry = Entry(key, tokens, nbytes, fp, idx)
-        with self._cond:
-            self._index[key] = entry
-            tier.entries[key] = entry
-        try:
-            res = tier.backend.write(key, nbytes)
-        except BaseException:
+                if key in self._index:  # another thread stored this key meanwhile: replace it
+                    tier.used -= fp
+                    self._cond.notify_all()
+                    return _RETRY
+                self._index[key] = entry
+                tier.entries[key] = entry
+            try:
+                res = tier.backend.write(key, nbytes)
+            except BaseException as exc:
+                with self._cond:
+                    self._unlink(entry)
+                    self._cond.notify_all()
+                if not isinstance(exc, BackendFull):
+                    raise
+                self.recorder.error(f"{tier.name} full writing {key}: {exc}")
+                self.recorder.count(f"full.{tier.name}")
+                full = exc
+                continue
             with self._cond:
-                self._unlink(entry)
+                entry.state = READY
                 self._cond.notify_all()
-            raise
+            self.recorder.io(tier.name, "write", res, tokens)
+            return tier.name
+        if full is not None:
+            raise full
         with self._cond:
-            entry.state = READY
-            self._cond.notify_all()
-        self.recorder.io(tier.name, "write", res, tokens)
-        return tier.name
+            self.dropped += 1
+        self.recorder.count("entries_dropped")
+        return None
 
     def contains(self, key: str) -> bool:
         with self._cond:
@@ -165,6 +198,12 @@ class MultiTierCache:
             res_r = src.backend.read(entry.key, entry.nbytes)
             self.recorder.io(src.name, "demote_read", res_r, entry.tokens)
             res_w = dst.backend.write(entry.key, entry.nbytes)
+        except BackendError as exc:  # the entry is lost, the run goes on and reports the error
+            self.recorder.error(f"demotion of {entry.key} from {src.name} to {dst.name}: {exc}")
+            with self._cond:
+                dst.used -= fp
+            self._remove(entry, "evict")
+            return
         except BaseException:
             with self._cond:
                 dst.used -= fp
@@ -186,11 +225,15 @@ class MultiTierCache:
         tier = self.tiers[entry.tier]
         try:
             res = tier.backend.delete(entry.key)
+        except BackendError as exc:  # e.g. its file vanished: account it gone, report the error
+            self.recorder.error(f"{tier.name} {op} of {entry.key}: {exc}")
+            res = None
         finally:
             with self._cond:
                 self._unlink(entry)
                 self._cond.notify_all()
-        self.recorder.io(tier.name, op, res, entry.tokens)
+        if res is not None:
+            self.recorder.io(tier.name, op, res, entry.tokens)
         if op == "evict":
             self.recorder.count(f"evictions.{tier.name}")
 

@@ -116,6 +116,9 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     occupancy = cache.occupancy()
     for tier, occ in occupancy.items():
         summary[f"{tier}_entries"] = occ["entries"]
+    # What this load needs: the KV of every open conversation at its peak (the answer to
+    # "how much memory do I need"; a tier smaller than this must demote or evict).
+    summary["kv_working_set_peak_bytes"] = info.peak_live_tokens * model.bytes_per_token
     counters = device.result() if device else {"available": False, "reason": "no storage tier in this scenario"}
     if device and counters.get("available"):
         tier = storage[-1].tier

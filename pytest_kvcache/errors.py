@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class BackendError(RuntimeError):
     """A tier backend failed during a run (I/O error, device full, lost file)."""
+
+
+class BackendFull(BackendError):
+    """The tier has no room left (disk full, GPU out of memory): the cache tries the next tier."""

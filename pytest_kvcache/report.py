@@ -76,7 +76,8 @@ def scenario_text(result) -> str:
         f"  requests {s.get('total_requests', 0)} in {s.get('window_s', 0)} s window | "
         f"generated {s.get('total_tokens_per_sec', 0):,.1f} tok/s | "
         f"storage {s.get('storage_throughput_tokens_per_sec', 0):,.1f} tok/s | "
-        f"hit rate {s.get('cache_hit_rate', 0) * 100:.1f}% | e2e p95 {_ms(e2e.get('p95'))} ms")
+        f"hit rate {s.get('cache_hit_rate', 0) * 100:.1f}% | e2e p95 {_ms(e2e.get('p95'))} ms | "
+        f"working set peak {s.get('kv_working_set_peak_bytes', 0) / 1e9:.2f} GB")
     for b in result.backends:
         if "io_mode" in b:
             lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {b.get('block_device') or 'no block device'}), "

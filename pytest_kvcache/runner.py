@@ -40,6 +40,7 @@ class RunInfo:
     requests_started: int = 0
     requests_finished: int = 0
     users_exhausted: int = 0
+    peak_live_tokens: int = 0  # most KV tokens the users' open conversations held at once
     trace_exhausted: bool = False
     aborted: bool = False
     errors: list[str] = field(default_factory=list)
@@ -58,6 +59,7 @@ class Runner:
         self._admit = threading.Semaphore(config.max_inflight) if config.max_inflight else None
         self._lock = threading.Lock()
         self._active_users = 0
+        self._live_tokens = 0
 
     # -- one request ------------------------------------------------------------------
     def _load(self, layout: ConversationLayout, kind: str) -> None:
@@ -67,8 +69,14 @@ class Runner:
             if self.cache.read(entry.key, kind) is None:
                 self.cache.put(entry.key, entry.tokens)  # evicted: recompute and store again
 
+    def _grow(self, delta: int) -> None:
+        with self._lock:
+            self._live_tokens += delta
+            self.info.peak_live_tokens = max(self.info.peak_live_tokens, self._live_tokens)
+
     def _store(self, layout: ConversationLayout, tokens: int) -> int:
         written = 0
+        self._grow(tokens)
         for entry in layout.append(tokens):
             if self._abort.is_set():
                 break
@@ -117,6 +125,8 @@ class Runner:
                 if self._stop.is_set() or self._stop.wait(req.think_time_s):
                     return
                 if layout is None or layout.conversation_id != req.conversation_id:
+                    if layout is not None:
+                        self._grow(-layout.total_tokens)
                     layout = ConversationLayout(req.conversation_id, self.config.chunk_tokens)
                 submit_ns = time.perf_counter_ns()
                 with self._lock:

@@ -51,7 +51,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("config", "path", None, "YAML file with settings and custom models (keys as the option names)"),
     Option("cache_dir", "path", None, "directory under which the run makes its private directory (default: the system temp dir)"),
     Option("gpu_mem_gb", "nonneg", 1.0, "GPU tier budget in GB"),
-    Option("cpu_mem_gb", "nonneg", 0.5, "CPU tier budget in GB"),
+    Option("cpu_mem_gb", "nonneg", 1.0, "CPU tier budget in GB"),
     Option("nvme_capacity_gb", "nonneg", 0.0, "nvme tier budget in GB (0 = half the free space, at most 64 GB)"),
     Option("nvme_backend", "str", "file", "backend implementing the nvme tier"),
     Option("users", "posint", 8, "concurrent simulated users (closed loop)"),
@@ -80,7 +80,7 @@ class Settings:
     config: str | None = None
     cache_dir: str | None = None
     gpu_mem_gb: float = 1.0
-    cpu_mem_gb: float = 0.5
+    cpu_mem_gb: float = 1.0
     nvme_capacity_gb: float = 0.0
     nvme_backend: str = "file"
     users: int = 8

@@ -185,6 +185,7 @@ def test_profiles():
     assert [c.text for c in lat] == [
         "nvme.read.p95 <= 200ms",
         "nvme.write.p95 <= 500ms",
+        "nvme.demote_write.p95 <= 500ms",
         "cpu.read.p95 <= 150ms",
         "cpu.write.p95 <= 150ms",
         "cache.hit_rate >= 30%",

@@ -11,7 +11,7 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..payload import NoiseSource, StagingBuffers
+from ..payload import NoiseSource, StagingBuffers, Verifier
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class BackendContext:
     noise: NoiseSource
     staging: StagingBuffers
     run_dir: Path | None = None  # private directory of this run (file-like backends only)
+    verifier: Verifier | None = None  # set by --kv-verify: backends check every block they read
 
 
 class Backend(abc.ABC):

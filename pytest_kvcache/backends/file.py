@@ -9,6 +9,7 @@ preparation is not. The report says which mode ran and why.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -16,7 +17,7 @@ import threading
 import time
 
 from .. import fsinfo
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError, BackendFull, ConfigError
 from ..payload import BLOCK
 from .base import Backend, BackendContext, IOResult, TierSpec
 
@@ -114,6 +115,10 @@ class FileBackend(Backend):
             self._discard(key, path)
             if isinstance(e, BackendError):
                 raise
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BackendFull(
+                    f"the drive holding {self.dir} is full ({e.strerror}) while writing {padded} bytes; "
+                    "free space there or lower --kv-nvme-capacity-gb below the free space") from e
             raise BackendError(f"write of {key!r} ({padded} bytes) to {path} failed: {e}") from e
         with self._lock:
             self._sizes[key] = padded
@@ -154,6 +159,8 @@ class FileBackend(Backend):
                             f"expected {padded}"
                         )
                     done += r
+                if self.ctx.verifier is not None:
+                    self.ctx.verifier.check(key, off, buf[:n])
             t = time.perf_counter_ns()
             os.close(fd)
             end = time.perf_counter_ns()

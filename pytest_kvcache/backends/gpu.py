@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError, BackendFull, ConfigError
 from .base import Backend, BackendContext, IOResult, TierSpec
 
 
@@ -59,7 +59,7 @@ class GPUBackend(Backend):
         try:
             dev = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         except torch.cuda.OutOfMemoryError as exc:
-            raise BackendError(f"gpu tier: out of memory placing {key!r} ({nbytes} B)") from exc
+            raise BackendFull(f"gpu tier: CUDA out of memory placing {key!r} ({nbytes} B)") from exc
         elapsed_ms = 0.0
         for off in range(0, nbytes, self.block):
             n = min(self.block, nbytes - off)
@@ -81,7 +81,7 @@ class GPUBackend(Backend):
             dev = self._entries.get(key)
         if dev is None:
             raise BackendError(f"gpu tier: no entry {key!r}")
-        pinned, _, stream = self._thread_state()
+        pinned, host, stream = self._thread_state()
         elapsed_ms = 0.0
         size = dev.numel()
         for off in range(0, size, self.block):
@@ -93,6 +93,8 @@ class GPUBackend(Backend):
                 end.record(stream)
             end.synchronize()
             elapsed_ms += start.elapsed_time(end)
+            if self.ctx.verifier is not None:
+                self.ctx.verifier.check(key, off, host[:n])
         return IOResult(size, time.perf_counter_ns(), int(elapsed_ms * 1e6))
 
     def delete(self, key: str) -> IOResult:

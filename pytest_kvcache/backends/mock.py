@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ..errors import BackendError
+from ..errors import BackendError, BackendFull
 from .base import Backend, BackendContext, IOResult, TierSpec
 
 
@@ -20,6 +20,9 @@ class MockBackend(Backend):
         super().__init__(spec, ctx)
         self.latency_s = float(spec.options.get("latency_s", 0.0))
         self.bandwidth = float(spec.options.get("bandwidth_bps", 0.0))
+        # fault injection for tests: refuse writes past this many stored bytes (like a GPU OOM)
+        self.full_after = spec.options.get("full_after_bytes")
+        self.fail_reads = set(spec.options.get("fail_read_keys", ()))
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -33,6 +36,8 @@ class MockBackend(Backend):
 
     def write(self, key: str, nbytes: int) -> IOResult:
         with self._lock:
+            if self.full_after is not None and sum(self._sizes.values()) + nbytes > self.full_after:
+                raise BackendFull(f"mock tier {self.tier}: full (fault injection)")
             self._sizes[key] = nbytes
         return self._io(nbytes)
 
@@ -40,6 +45,8 @@ class MockBackend(Backend):
         with self._lock:
             if key not in self._sizes:
                 raise BackendError(f"mock tier {self.tier}: no entry {key!r}")
+            if key in self.fail_reads:
+                raise BackendError(f"mock tier {self.tier}: injected I/O error reading {key!r}")
         return self._io(nbytes)
 
     def delete(self, key: str) -> IOResult:
