@@ -102,6 +102,9 @@ class MultiTierCache:
         while True:
             with self._cond:
                 old = self._wait_settled(key)
+                while old is not None and old.pins:  # a reader is still loading the old version
+                    self._cond.wait(_WAIT_S)
+                    old = self._wait_settled(key)
                 if old is not None:
                     old.state = MOVING  # nobody else may touch it while it is replaced
             if old is not None:

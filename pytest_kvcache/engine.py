@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .fsinfo import block_device_for
 from .metrics import compute
 from .models import ModelSpec
-from .payload import NoiseSource, StagingBuffers
+from .payload import NoiseSource, StagingBuffers, Verifier
 from .recorder import Recorder
 from .result import ScenarioResult
 from .runner import RunConfig, Runner
@@ -80,8 +80,10 @@ class Provisioned:
 
 def provision(config: TierConfig, settings: Settings, registry: BackendRegistry) -> Provisioned:
     run_dir = make_run_dir(settings.cache_root)
-    ctx = BackendContext(noise=_noise(settings.seed),
-                         staging=StagingBuffers(int(settings.io_block_mb * MiB)), run_dir=run_dir)
+    noise = _noise(settings.seed)
+    block = int(settings.io_block_mb * MiB)
+    ctx = BackendContext(noise=noise, staging=StagingBuffers(block), run_dir=run_dir,
+                         verifier=Verifier(noise, block) if settings.verify else None)
     prov = Provisioned(config, [], run_dir, ctx)
     try:
         for spec in tier_specs(config, settings):
@@ -110,9 +112,31 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         generation_mode=settings.generation_mode, read_model=settings.read_model,
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
     ), window_hooks=tuple(hooks), on_tick=on_tick)
-    info = runner.run()
-    problems = cache.check_invariants()
+    try:
+        runner.run()
+    except KeyboardInterrupt as exc:
+        result = _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage)
+        raise ScenarioInterrupted(result) from exc
+    return _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage)
+
+
+class ScenarioInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a scenario; carries what was measured up to then."""
+
+    def __init__(self, result: ScenarioResult):
+        super().__init__(f"scenario {result.name} interrupted")
+        self.result = result
+
+
+def _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage) -> ScenarioResult:
+    info = runner.info
+    problems = [] if info.aborted else cache.check_invariants()
     flat, summary = compute(recorder, prov.tier_names)
+    verifier = prov.ctx.verifier
+    if verifier is not None:
+        flat["verify.mismatches"] = verifier.mismatches
+        summary["verify"] = {"blocks_checked": verifier.checked, "mismatches": verifier.mismatches,
+                             "first": list(verifier.first)}
     occupancy = cache.occupancy()
     for tier, occ in occupancy.items():
         summary[f"{tier}_entries"] = occ["entries"]

@@ -15,7 +15,7 @@ import pytest
 
 from .backends.gpu import gpu_unavailable_reason
 from .criteria import Criterion, merge
-from .engine import provision, run_scenario
+from .engine import ScenarioInterrupted, provision, run_scenario
 from .errors import ConfigError
 from .result import ScenarioResult
 from .session import KVSession
@@ -78,7 +78,10 @@ def kv_tiers(request, kv_session):
         prov = provision(config, scenario_settings(request.config, name), kv_session.registry)
     except ConfigError as exc:
         pytest.fail(str(exc), pytrace=False)
+    kv_session.open_tiers.append(prov)
     yield prov
+    if prov in kv_session.open_tiers:  # after Ctrl-C the session may have closed it already
+        kv_session.open_tiers.remove(prov)
     leftovers = prov.close()
     if leftovers:
         warnings.warn(f"kvcache: left {prov.run_dir} in place: it holds files this run did not create: {leftovers[:5]}",
@@ -101,8 +104,10 @@ def kv_run(request, kv_session):
         criteria = merge(kv_session.criteria, extra)
         try:
             result = run_scenario(prov, settings, kv_session.model, kv_session.trace_for(settings), criteria)
-        except KeyboardInterrupt:
+        except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True
+            exc.result.nodeid = request.node.nodeid
+            kv_session.add(exc.result)
             raise
         result.nodeid = request.node.nodeid
         for key, value in result.headline().items():

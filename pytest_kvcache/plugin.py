@@ -6,6 +6,8 @@ exposed here so pytest finds them through the ``pytest11`` entry point.
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,8 @@ from .report import scenario_text
 from .session import KVSession
 from .settings import GB, OPTIONS, build_settings
 
+_OLD_SIGTERM = pytest.StashKey[object]()
+
 
 def pytest_addhooks(pluginmanager):
     pluginmanager.add_hookspecs(hookspec)
@@ -40,10 +44,13 @@ def pytest_addoption(parser):
         kwargs = {"dest": "kv_" + opt.name, "default": None, "help": f"{opt.help} (ini {opt.ini}, env {opt.env})"}
         if opt.kind == "list":
             kwargs["action"] = "append"
+        elif opt.kind == "flag":
+            kwargs["action"] = "store_true"
         if opt.choices:
             kwargs["metavar"] = "{" + ",".join(opt.choices) + "}"
         group.addoption(opt.flag, **kwargs)
-        parser.addini(opt.ini, help=opt.help, type="linelist" if opt.kind == "list" else "string")
+        ini_type = {"list": "linelist", "flag": "bool"}.get(opt.kind, "string")
+        parser.addini(opt.ini, help=opt.help, type=ini_type)
     parser.addini("kv_thresholds", help="alias of kv_threshold: one criterion per line", type="linelist")
 
 
@@ -84,6 +91,22 @@ def pytest_configure(config):
             "rootdir. Write '--kv-cache-dir=PATH' so test ids and saved benchmarks stay stable."), stacklevel=2)
 
 
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_sessionstart(session):
+    """SIGTERM ends the session like Ctrl-C: partial report kept, run files removed."""
+    if threading.current_thread() is threading.main_thread():
+        session.config.stash[_OLD_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def pytest_unconfigure(config):
+    old = config.stash.get(_OLD_SIGTERM, None)
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
+
+
 def pytest_report_header(config):
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
@@ -100,6 +123,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         kv.interrupted = True
+    kv.close_all()
     kv.write_report(final=True)
 
 

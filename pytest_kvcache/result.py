@@ -28,7 +28,9 @@ class ScenarioResult:
 
     @property
     def status(self) -> str:
-        if self.errors or self.invariant_problems:
+        if self.run.get("aborted"):
+            return "interrupted"
+        if self.errors or self.invariant_problems or self.metrics.get("errors.count"):
             return "error"
         return "passed" if passed(self.outcomes) else "failed"
 
@@ -37,6 +39,9 @@ class ScenarioResult:
         lines = []
         if self.errors:
             lines.append(f"scenario {self.name}: the run failed: " + "; ".join(self.errors[:3]))
+        elif self.metrics.get("errors.count"):
+            first = self.summary.get("errors", {}).get("first", [])
+            lines.append(f"scenario {self.name}: {self.metrics['errors.count']} I/O errors, first: " + "; ".join(first[:3]))
         if self.invariant_problems:
             lines.append(f"scenario {self.name}: cache invariants broken: " + "; ".join(self.invariant_problems))
         if not passed(self.outcomes):

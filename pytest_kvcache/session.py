@@ -21,9 +21,11 @@ class KVSession:
         self.model: ModelSpec = resolve_model(settings.model, settings.models)
         self.criteria: list[Criterion] = merge(
             profile_criteria(settings.profile),
-            [Criterion.parse(t, settings.threshold_source) for t in settings.threshold])
+            [Criterion.parse(t, settings.threshold_source) for t in settings.threshold]
+            + ([Criterion.parse("verify.mismatches==0", "verify")] if settings.verify else []))
         self.results: list[ScenarioResult] = []
         self.interrupted = False
+        self.open_tiers: list = []  # provisioned and not yet closed: closed at session end
         self._traces: dict[tuple, Trace] = {}
 
     def trace_for(self, settings: Settings) -> Trace:
@@ -34,6 +36,11 @@ class KVSession:
         if key not in self._traces:
             self._traces[key] = generate_trace(params)
         return self._traces[key]
+
+    def close_all(self) -> None:
+        """Remove every run directory still open (after Ctrl-C pytest may skip teardown)."""
+        while self.open_tiers:
+            self.open_tiers.pop().close()
 
     def add(self, result: ScenarioResult) -> None:
         """Keep a result and rewrite the report at once, so a crash later loses nothing."""

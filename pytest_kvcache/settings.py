@@ -69,6 +69,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
     Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
     Option("report", "path", "kvcache-report.json", "where the JSON session report is written"),
+    Option("verify", "flag", False, "check every block read against what was written; mismatches fail the scenario"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 GB = 10**9
@@ -98,6 +99,7 @@ class Settings:
     profile: str = "latency"
     threshold: tuple = ()
     report: str | None = "kvcache-report.json"
+    verify: bool = False
     models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
     threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini
 
@@ -125,6 +127,15 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
         else:
             raise ConfigError(f"{where} must be a list of criteria such as 'nvme.read.p95<=200ms'.")
         return tuple(i for i in items if i)
+    if opt.kind == "flag":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where} must be true or false, not {raw!r}.")
     if opt.kind in ("str", "path"):
         if raw is None or raw == "":
             return None if opt.kind == "path" else opt.default
