@@ -291,3 +291,50 @@ def test_concurrent_puts_and_reads_keep_the_invariants(ctx, shared_keys):
     assert total(rec, "nvme", "evict") > 0
     hits, misses = rec.lookups["multi_turn"]
     assert hits > 0 and misses > 0
+
+
+def test_rewrite_waits_for_a_reader_of_the_old_version(ctx):
+    """A put that replaces a key must not delete the old version under a reader's feet."""
+
+    class Media(MockBackend):
+        """Like a file or an arena page: a read fails if its entry was replaced meanwhile."""
+
+        def __init__(self, spec, ctx):
+            super().__init__(spec, ctx)
+            self.version = {}
+            self.reading = threading.Event()
+            self.go = threading.Event()
+
+        def write(self, key, nbytes):
+            self.version[key] = self.version.get(key, 0) + 1
+            return super().write(key, nbytes)
+
+        def read(self, key, nbytes):
+            seen = self.version.get(key)
+            if key == "a" and not self.go.is_set():
+                self.reading.set()
+                self.go.wait(5)
+            if self.version.get(key) != seen or key not in self._sizes:
+                raise BackendError(f"{key} was replaced while it was being read")
+            return super().read(key, nbytes)
+
+    rec = Recorder()
+    rec.open_window(0)
+    media = Media(TierSpec("cpu", "mock", 10_000), ctx)
+    cache = MultiTierCache([media], rec, BPT)
+    cache.put("a", 10)
+    results = {}
+    reader = threading.Thread(target=lambda: results.setdefault("read", cache.read("a", "multi_turn")))
+    reader.start()
+    assert media.reading.wait(5)
+    writer = threading.Thread(target=lambda: results.setdefault("put", cache.put("a", 20)))
+    writer.start()
+    writer.join(0.2)  # the writer must wait for the pinned reader
+    media.go.set()
+    reader.join(5)
+    writer.join(5)
+    assert results == {"read": "cpu", "put": "cpu"}
+    assert rec.errors == []
+    assert cache.tiers[0].entries["a"].tokens == 20
+    assert cache.check_invariants() == []
+    assert cache.read("a", "multi_turn") == "cpu"
