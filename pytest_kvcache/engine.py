@@ -107,11 +107,16 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     if storage:
         device = DeviceWindow(block_device_for(prov.run_dir))
         hooks.append(device)
+    def tick(runner, elapsed_s):
+        recorder.sample_occupancy({t: o["bytes"] for t, o in cache.occupancy().items()})
+        if on_tick is not None:
+            on_tick(runner, elapsed_s)
+
     runner = Runner(cache, trace, recorder, RunConfig(
         duration_s=settings.duration, warmup_s=settings.warmup,
         generation_mode=settings.generation_mode, read_model=settings.read_model,
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
-    ), window_hooks=tuple(hooks), on_tick=on_tick)
+    ), window_hooks=tuple(hooks), on_tick=tick)
     try:
         runner.run()
     except KeyboardInterrupt as exc:

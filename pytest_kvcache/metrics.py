@@ -44,6 +44,7 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
             "count": w.count, "bytes": w.bytes, "tokens": w.tokens,
             "gbps": round(w.bytes / window / 1e9, 6), "iops": round(w.count / window, 3),
             "latency_ms": _ms(stats), "latency_exact": stats.get("exact", True),
+            "latency_cdf_ms": w.latency.quantiles_ms(),
         }
         if op in DATA_OPS:
             tier_bytes[tier] = tier_bytes.get(tier, 0) + w.bytes
@@ -111,6 +112,7 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
         "errors": {"count": recorder.error_count, "first": list(recorder.errors)},
         "timeline_step_s": recorder.timeline_step_ns / 1e9,
         "timeline_bytes": {t: list(v) for t, v in recorder.timeline.items()},
+        "occupancy_timeline": [{"t_s": t, "bytes": used} for t, used in recorder.occupancy],
     }
     for tier, ops in per_tier.items():
         for op, figures in ops.items():

@@ -67,6 +67,13 @@ class Series:
         out["exact"] = self.exact
         return out
 
+    def quantiles_ms(self, points: int = 101) -> list[float]:
+        """Latency at evenly spaced quantiles 0..100%: enough to draw a CDF from a saved report."""
+        if not self.count:
+            return []
+        arr = np.frombuffer(self.samples, dtype=np.int64) / 1e6
+        return [round(float(v), 4) for v in np.percentile(arr, np.linspace(0, 100, points))]
+
     def seconds(self) -> list[float]:
         return [v / 1e9 for v in self.samples]
 
@@ -95,6 +102,7 @@ class Recorder:
         self.timeline: dict[str, list[int]] = {}  # tier -> bytes completed per step of the window
         self.errors: list[str] = []
         self.error_count = 0
+        self.occupancy: list[tuple[float, dict]] = []  # (seconds into the window, {tier: bytes})
 
     # -- window ---------------------------------------------------------------
     def open_window(self, t_ns: int | None = None) -> None:
@@ -156,6 +164,17 @@ class Recorder:
                 series.add(value)
             for name, value in counters.items():
                 self.counters[name] = self.counters.get(name, 0) + value
+
+    def sample_occupancy(self, used: dict[str, int], t_ns: int | None = None) -> None:
+        """At most one sample per timeline step, inside the window."""
+        t_ns = time.perf_counter_ns() if t_ns is None else t_ns
+        with self._lock:
+            if not self.in_window(t_ns) or self.window_end_ns is not None:
+                return
+            t = (t_ns - self.window_start_ns) / 1e9
+            if self.occupancy and t - self.occupancy[-1][0] < self.timeline_step_ns / 1e9:
+                return
+            self.occupancy.append((round(t, 3), dict(used)))
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
