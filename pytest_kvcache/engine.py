@@ -170,4 +170,5 @@ def _result(prov, settings, model, trace, criteria, recorder, cache, runner, dev
              "measurement": "bytes counted when an I/O completes; only I/O completing inside the window counts; "
                             "latency = time inside the backend's I/O calls (CUDA events on GPU)"},
         settings=settings.to_dict(), model=model.to_dict(),
+        samples={key: w.latency.seconds() for key, w in recorder.window.items()},
     )

@@ -14,6 +14,7 @@ import warnings
 import pytest
 
 from .backends.gpu import gpu_unavailable_reason
+from .bench import feed
 from .criteria import Criterion, merge
 from .engine import ScenarioInterrupted, provision, run_scenario
 from .errors import ConfigError
@@ -88,12 +89,42 @@ def kv_tiers(request, kv_session):
                       stacklevel=1)
 
 
+class ProgressLine:
+    """A live line (elapsed, ops, GB/s, users) on an interactive terminal; quiet under -q or in logs."""
+
+    def __init__(self, config, name: str, duration: float, warmup: float):
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        self.tr = tr if tr is not None and tr.isatty and config.get_verbosity() >= 0 else None
+        self.name, self.total = name, warmup + duration
+        self.shown = False
+
+    def __call__(self, runner, elapsed_s: float) -> None:
+        if self.tr is None:
+            return
+        rec = runner.recorder
+        ops = sum(w.count for w in rec.window.values())
+        nbytes = sum(w.bytes for (_, op), w in rec.window.items() if op not in ("evict", "delete"))
+        gbps = nbytes / rec.window_s / 1e9 if rec.window_s else 0.0
+        self.tr.write(f"\r[kvcache] {self.name} {elapsed_s:5.1f}/{self.total:g} s | {ops:,} ops | "
+                      f"{gbps:.2f} GB/s | {runner.active_users()} users ", flush=True)
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.tr.write("\r" + " " * 100 + "\r", flush=True)
+
+
 @pytest.fixture
 def kv_run(request, kv_session):
-    """``kv_run(kv_tiers, check=True) -> ScenarioResult``: run the workload on the tiers."""
+    """``kv_run(kv_tiers, benchmark=None, check=True) -> ScenarioResult``.
+
+    Runs the workload on the tiers, records the result in the session report and JUnit
+    properties, replays the headline latencies into pytest-benchmark's ``benchmark`` fixture
+    when given, and fails the test when a criterion fails (``check=False`` leaves that to you).
+    """
     config = request.config
 
-    def run(prov, check: bool = True) -> ScenarioResult:
+    def run(prov, benchmark=None, check: bool = True) -> ScenarioResult:
         settings = scenario_settings(config, prov.config.name)
         extra = []
         for marker in request.node.iter_markers("kv_criteria"):
@@ -102,16 +133,27 @@ def kv_run(request, kv_session):
             except ConfigError as exc:
                 pytest.fail(f"bad kv_criteria marker on {request.node.nodeid}: {exc}", pytrace=False)
         criteria = merge(kv_session.criteria, extra)
+        progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
         try:
-            result = run_scenario(prov, settings, kv_session.model, kv_session.trace_for(settings), criteria)
+            result = run_scenario(prov, settings, kv_session.model, kv_session.trace_for(settings), criteria,
+                                  on_tick=progress)
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True
             exc.result.nodeid = request.node.nodeid
             kv_session.add(exc.result)
             raise
+        finally:
+            progress.clear()
         result.nodeid = request.node.nodeid
         for key, value in result.headline().items():
             request.node.user_properties.append((key, value))
+        if not kv_session.suite_properties_recorded:
+            record = request.getfixturevalue("record_testsuite_property")
+            for key, value in kv_session.suite_properties().items():
+                record(key, value)
+            kv_session.suite_properties_recorded = True
+        if benchmark is not None:
+            feed(benchmark, result)
         kv_session.add(result)
         config.hook.pytest_kvcache_scenario_result(result=result, config=config)
         message = result.failure_message()

@@ -156,3 +156,13 @@ def device_model(blockdev: str | None, sys_root: str = "/sys") -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def describe_drive(path) -> dict:
+    """The drive under test, as pytest-benchmark's machine_info and reports show it."""
+    mount = mount_for(path)
+    dev = block_device_for(path)
+    mode, reason = probe_direct_io(path)
+    return {"path": str(path), "mountpoint": mount.mountpoint, "fstype": mount.fstype,
+            "block_device": dev, "device_model": device_model(dev), "file_io_mode": mode,
+            "file_io_mode_reason": reason, "free_bytes": free_bytes(path)}

@@ -26,7 +26,7 @@ from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin
     kv_tiers,
     kv_workload,
 )
-from .fsinfo import free_bytes
+from .fsinfo import describe_drive, free_bytes
 from .report import scenario_text
 from .session import KVSession
 from .settings import GB, OPTIONS, build_settings
@@ -105,6 +105,20 @@ def pytest_unconfigure(config):
     old = config.stash.get(_OLD_SIGTERM, None)
     if old is not None:
         signal.signal(signal.SIGTERM, old)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The drive under test goes into every saved benchmark, beside the CPU and Python."""
+    kv = config.stash.get(SESSION_KEY, None)
+    if kv is None:
+        return
+    try:
+        drive = describe_drive(kv.settings.cache_root)
+        drive.pop("free_bytes")  # changes every run; would make every comparison warn
+    except OSError as exc:
+        drive = {"path": str(kv.settings.cache_root), "error": str(exc)}
+    machine_info["kvcache"] = {"model": kv.model.name, "drive": drive}
 
 
 def pytest_report_header(config):

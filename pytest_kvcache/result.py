@@ -25,6 +25,7 @@ class ScenarioResult:
     settings: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     nodeid: str = ""
+    samples: dict = field(default_factory=dict, repr=False)  # (tier, op) -> latencies in s; not saved
 
     @property
     def status(self) -> str:

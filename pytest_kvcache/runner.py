@@ -156,6 +156,10 @@ class Runner:
                    for u, reqs in enumerate(self.trace.per_user)]
         self._active_users = len(threads)
         self.info.started_ns = t0 = time.perf_counter_ns()
+        warm_end = t0 + int(cfg.warmup_s * 1e9)
+        # Set before any user starts: I/O completing from warm_end on counts, even when the
+        # warm-up is 0 and a short trace is done before this thread looks at the clock again.
+        self.recorder.open_window(warm_end)
         for th in threads:
             th.start()
         try:
@@ -163,16 +167,16 @@ class Runner:
             deadline = t0 + int((cfg.warmup_s + cfg.duration_s) * 1e9)
             while True:
                 now = time.perf_counter_ns()
-                if not opened and now >= t0 + int(cfg.warmup_s * 1e9):
+                if not opened and now >= warm_end:
                     for hook in self.window_hooks:
                         hook.start()
-                    self.recorder.open_window(now)
                     opened = True
                 if now >= deadline or self.active_users() == 0 or self._stop.is_set():
                     break
                 if self.on_tick:
                     self.on_tick(self, (now - t0) / 1e9)
-                time.sleep(min(0.25, max(0.001, (deadline - now) / 1e9)))
+                wake = deadline if opened else warm_end  # wake for the window's start, then its end
+                time.sleep(min(0.25, max(0.001, (wake - now) / 1e9)))
             if not opened:  # everything ended before the warm-up did: an empty window
                 self.recorder.open_window()
             self.recorder.close_window()

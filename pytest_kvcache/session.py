@@ -27,6 +27,15 @@ class KVSession:
         self.interrupted = False
         self.open_tiers: list = []  # provisioned and not yet closed: closed at session end
         self._traces: dict[tuple, Trace] = {}
+        self.suite_properties_recorded = False
+
+    def suite_properties(self) -> dict:
+        """JUnit testsuite properties: what was tested, with what, from which seed."""
+        s = self.settings
+        return {"kv_model": self.model.name, "kv_bytes_per_token": self.model.bytes_per_token,
+                "kv_cache_dir": str(s.cache_root), "kv_seed": s.seed, "kv_users": s.users,
+                "kv_duration_s": s.duration, "kv_generation_mode": s.generation_mode,
+                "kv_chunk_tokens": s.chunk_tokens, "kv_profile": s.profile}
 
     def trace_for(self, settings: Settings) -> Trace:
         params = WorkloadParams(seed=settings.seed, users=settings.users,

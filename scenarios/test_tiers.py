@@ -2,8 +2,9 @@
 
 Each parameter provisions one tier configuration (see ``pytest_kvcache.tiers.TIER_CONFIGS``
 for the question each answers), runs the seeded workload on it for the measurement window,
-and fails when a criterion fails. The drive under test is an option (``--kv-cache-dir``),
-never a parameter, so test ids match between drives for ``--benchmark-compare``.
+replays the headline I/O latencies into pytest-benchmark, and fails when a criterion fails.
+The drive under test is an option (``--kv-cache-dir``), never a parameter, so test ids match
+between drives for ``--benchmark-compare``.
 """
 
 import pytest
@@ -12,5 +13,5 @@ from pytest_kvcache.tiers import TIER_CONFIGS
 
 
 @pytest.mark.parametrize("kv_tiers", list(TIER_CONFIGS), indirect=True)
-def test_tiers(kv_tiers, kv_run):
-    kv_run(kv_tiers)
+def test_tiers(kv_tiers, kv_run, benchmark):
+    kv_run(kv_tiers, benchmark=benchmark)
