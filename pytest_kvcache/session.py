@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .backends import BackendRegistry
 from .criteria import Criterion, merge, profile_criteria
+from .export import to_csv
 from .models import ModelSpec, resolve_model
 from .report import build_report, write_json
 from .result import ScenarioResult
@@ -59,5 +60,7 @@ class KVSession:
     def write_report(self, final: bool) -> Path | None:
         if self.report_path is None or not self.results:
             return None
-        write_json(self.report_path, build_report(self, final))
+        data = build_report(self, final)
+        write_json(self.report_path, data)
+        self.report_path.with_suffix(".csv").write_text(to_csv([data]))
         return self.report_path

@@ -53,6 +53,7 @@ def test_scenarios_run_report_and_clean_up(pytester, cache_dir):
     assert storage["settings"]["seed"] == 42
     assert "device_counters" in storage
     assert os.listdir(cache_dir) == ["users-own-file.npy"]
+    assert (pytester.path / "kvcache-report.csv").read_text().count("\n") == 3  # header + 2 scenarios
 
 
 def test_failing_threshold_fails_the_storage_scenario_with_a_table(pytester, cache_dir):
