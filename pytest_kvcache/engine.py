@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from .backends import BackendContext, BackendRegistry
@@ -117,12 +118,13 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         generation_mode=settings.generation_mode, read_model=settings.read_model,
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
     ), window_hooks=tuple(hooks), on_tick=tick)
+    started = time.time()  # wall clock for the report only; nothing in the workload reads it
     try:
         runner.run()
     except KeyboardInterrupt as exc:
-        result = _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage)
+        result = _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage, started)
         raise ScenarioInterrupted(result) from exc
-    return _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage)
+    return _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage, started)
 
 
 class ScenarioInterrupted(KeyboardInterrupt):
@@ -133,7 +135,8 @@ class ScenarioInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-def _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage) -> ScenarioResult:
+def _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage,
+            started: float) -> ScenarioResult:
     info = runner.info
     problems = [] if info.aborted else cache.check_invariants()
     flat, summary = compute(recorder, prov.tier_names)
@@ -166,6 +169,7 @@ def _result(prov, settings, model, trace, criteria, recorder, cache, runner, dev
                "requests_started": info.requests_started, "requests_finished": info.requests_finished,
                "exhausted": info.trace_exhausted},
         run={"aborted": info.aborted, "entries_dropped": cache.dropped,
+             "started_unix": round(started, 3), "finished_unix": round(time.time(), 3),
              "staging_bytes": prov.ctx.staging.allocated_bytes,
              "measurement": "bytes counted when an I/O completes; only I/O completing inside the window counts; "
                             "latency = time inside the backend's I/O calls (CUDA events on GPU)"},

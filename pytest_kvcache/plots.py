@@ -23,6 +23,7 @@ PLOTS_MISSING = "plots need matplotlib: pip install 'pytest-kvcache[plots]'"
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = (None, "o", "s", "^", "v", "D")
+_OCC_MARKERS = ("o", "s", "^", "D", "v", "x")
 _STATUS_CLASS = {"passed": "pass", "pass": "pass", "failed": "fail", "fail": "fail",
                  "error": "fail", "interrupted": "warn", "n/a": "na"}
 _STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "n/a": "n/a"}
@@ -121,7 +122,9 @@ def _new_axes(title: str, xlabel: str, ylabel: str):
 
 
 def _finish(fig, ax, path: Path, drawn: int) -> None:
-    if drawn:
+    if drawn > 5:  # many lines: keep the legend off the data
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside right upper")
+    elif drawn:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
     else:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
@@ -184,12 +187,15 @@ def _plot_throughput(name: str, runs: list[tuple[str, dict | None]], path: Path)
     for i, (label, sc) in enumerate(runs):
         s = (sc or {}).get("summary", {})
         step = float(s.get("timeline_step_s") or 1.0)
+        window = float(s.get("window_s") or 0.0)
         for tier in tiers:
             values = (s.get("timeline_bytes", {}) or {}).get(tier) or []
             if not values:
                 continue
-            gbps = [v / step / 1e9 for v in values]
             edges = [k * step for k in range(len(values) + 1)]
+            if edges[-2] < window < edges[-1]:  # the window ends inside the last step
+                edges[-1] = window
+            gbps = [v / (hi - lo) / 1e9 for v, lo, hi in zip(values, edges, edges[1:])]
             style = _style(i, multi)
             style.pop("marker", None)
             style.pop("markevery", None)
@@ -220,7 +226,7 @@ def _plot_occupancy(name: str, runs: list[tuple[str, dict | None]], path: Path) 
             if not pts:
                 continue
             style = _style(i, multi)
-            style["marker"] = style.get("marker") or "o"
+            style["marker"] = _OCC_MARKERS[i % len(_OCC_MARKERS)]
             style["markevery"] = 1 if len(pts) <= 30 else max(1, len(pts) // 10)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colours[tier], linewidth=1.6,
                     markersize=3.5, label=_line_label(label, tier, multi), **style)
@@ -377,10 +383,10 @@ def render_plots(reports: list[dict], out_dir: Path, labels: list[str] | None = 
     reports = list(reports)
     if not reports:
         raise ValueError("render_plots needs at least one report")
+    labels = _labels(reports, labels)
     missing = plots_available()
     if missing:
         raise ImportError(missing)
-    labels = _labels(reports, labels)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -28,10 +28,34 @@ from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin
 )
 from .fsinfo import describe_drive, free_bytes
 from .report import scenario_text
+from .result import ScenarioResult
 from .session import KVSession
 from .settings import GB, OPTIONS, build_settings
 
 _OLD_SIGTERM = pytest.StashKey[object]()
+DRIVE_GROUP = "kvcache-drive-under-test"
+
+
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Scenarios that share a drive must not run at once: one xdist group for all of them."""
+    for item in items:
+        if "kv_tiers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(DRIVE_GROUP))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: collect the results a worker measured into this session's report."""
+    kv = node.config.stash.get(SESSION_KEY, None)
+    results = getattr(node, "workeroutput", {}).get("kvcache_results")
+    if kv is not None and results:
+        for raw in results:
+            kv.results.append(ScenarioResult.from_dict(raw))
+        kv.write_report(final=False)
 
 
 def pytest_addhooks(pluginmanager):
@@ -77,7 +101,7 @@ def pytest_configure(config):
         if settings.nvme_backend not in registry.names():
             raise ConfigError(f"--kv-nvme-backend {settings.nvme_backend!r} is not a known backend; "
                               f"known: {', '.join(registry.names())}.")
-        report = Path(settings.report) if settings.report else None
+        report = Path(settings.report) if settings.report and not _is_xdist_worker(config) else None
         if report is not None and not report.is_absolute():
             report = Path(config.invocation_params.dir) / report
         config.stash[SESSION_KEY] = KVSession(settings, registry, report)
@@ -85,6 +109,9 @@ def pytest_configure(config):
         raise pytest.UsageError(str(exc)) from None
     for name in ("gpu", "cpu", "nvme"):
         register_tier(name)
+    if getattr(config.option, "dist", "no") not in ("no", "loadgroup", "each"):
+        # scenarios share the drive under test: xdist must keep them in one group (one worker)
+        config.option.dist = "loadgroup"
     if str(config.rootpath) == "/":
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             "pytest's rootdir is '/': a path given as '--kv-cache-dir PATH' counts when pytest picks its "
@@ -138,6 +165,9 @@ def pytest_sessionfinish(session, exitstatus):
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         kv.interrupted = True
     kv.close_all()
+    if _is_xdist_worker(session.config):
+        session.config.workeroutput["kvcache_results"] = [r.to_dict() for r in kv.results]
+        return
     kv.write_report(final=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .criteria import Outcome, format_value, passed, render_table
+from .criteria import Criterion, Outcome, format_value, passed, render_table
 
 
 @dataclass
@@ -86,3 +86,13 @@ class ScenarioResult:
             "device_counters": self.device_counters, "trace": self.trace, "run": self.run,
             "settings": self.settings, "model": self.model,
         }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ScenarioResult:
+        """Rebuild a result from ``to_dict`` output (xdist workers send theirs this way)."""
+        outcomes = [Outcome(Criterion(c["metric"], c["op"], c["threshold"], c["criterion"], c["source"]),
+                            c["measured"], c["status"]) for c in raw.get("criteria", [])]
+        fields = {k: raw[k] for k in ("name", "question", "tiers", "metrics", "summary", "invariant_problems",
+                                      "errors", "backends", "occupancy", "device_counters", "trace", "run",
+                                      "settings", "model", "nodeid") if k in raw}
+        return cls(outcomes=outcomes, **fields)

@@ -199,3 +199,14 @@ def test_no_report_without_scenarios(pytester):
     pytester.makepyfile("def test_plain():\n    pass\n")
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert not (pytester.path / "kvcache-report.json").exists()
+
+
+def test_xdist_runs_scenarios_one_at_a_time_and_collects_every_result(pytester, cache_dir):
+    pytest.importorskip("xdist")
+    result = run(pytester, cache_dir, "-n", "2", configs=["cpu-only", "storage-only", "cpu+storage"])
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*kvcache session report*", "*storage-only [[]PASSED]*"])
+    scenarios = report(pytester)["scenarios"]
+    assert sorted(s["name"] for s in scenarios) == ["cpu+storage", "cpu-only", "storage-only"]
+    spans = sorted((s["run"]["started_unix"], s["run"]["finished_unix"]) for s in scenarios)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
