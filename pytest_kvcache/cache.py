@@ -242,7 +242,8 @@ class MultiTierCache:
 
     def _unlink(self, entry: Entry) -> None:
         tier = self.tiers[entry.tier]
-        if tier.entries.pop(entry.key, None) is not None:
+        if tier.entries.get(entry.key) is entry:  # never another version of the same key
+            del tier.entries[entry.key]
             tier.used -= entry.footprint
         if self._index.get(entry.key) is entry:
             del self._index[entry.key]

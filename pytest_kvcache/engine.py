@@ -7,6 +7,7 @@ removes what the run created there and nothing else.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import tempfile
@@ -55,11 +56,31 @@ def make_run_dir(cache_root: Path) -> Path:
         raise ConfigError(f"cannot create the run directory in --kv-cache-dir {cache_root}: {exc.strerror}; choose a writable directory.") from None
 
 
+class DriveLock:
+    """An exclusive ``flock`` on the cache dir itself, held while a scenario owns the drive.
+
+    Scenarios that share a drive must not run at once (pytest-xdist workers, or two pytest
+    sessions pointed at one drive): each waits for the other. Locking the directory creates
+    no file, and the kernel releases the lock if the process dies.
+    """
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = -1
+
+
 class Provisioned:
     """The backends of one scenario and the private directory they work in."""
 
-    def __init__(self, config: TierConfig, backends: list, run_dir: Path, ctx: BackendContext):
+    def __init__(self, config: TierConfig, backends: list, run_dir: Path, ctx: BackendContext,
+                 lock: DriveLock | None = None):
         self.config, self.backends, self.run_dir, self.ctx = config, backends, run_dir, ctx
+        self.lock = lock
 
     @property
     def tier_names(self) -> list[str]:
@@ -67,25 +88,35 @@ class Provisioned:
 
     def close(self) -> list[str]:
         """Close backends and remove the run directory. Returns paths left behind (not ours)."""
-        for backend in self.backends:
-            backend.close()
-        self.backends = []
         try:
-            self.run_dir.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return sorted(str(p) for p in self.run_dir.iterdir())
-        return []
+            for backend in self.backends:
+                backend.close()
+            self.backends = []
+            try:
+                self.run_dir.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return sorted(str(p) for p in self.run_dir.iterdir())
+            return []
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def provision(config: TierConfig, settings: Settings, registry: BackendRegistry) -> Provisioned:
-    run_dir = make_run_dir(settings.cache_root)
+    check_cache_dir(settings.cache_root)
+    lock = DriveLock(settings.cache_root)
+    try:
+        run_dir = make_run_dir(settings.cache_root)
+    except BaseException:
+        lock.release()
+        raise
     noise = _noise(settings.seed)
     block = int(settings.io_block_mb * MiB)
     ctx = BackendContext(noise=noise, staging=StagingBuffers(block), run_dir=run_dir,
                          verifier=Verifier(noise, block) if settings.verify else None)
-    prov = Provisioned(config, [], run_dir, ctx)
+    prov = Provisioned(config, [], run_dir, ctx, lock)
     try:
         for spec in tier_specs(config, settings):
             if spec.capacity_bytes <= 0:

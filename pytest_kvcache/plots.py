@@ -246,6 +246,7 @@ table { border-collapse: collapse; margin: .6em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.nowrap { white-space: nowrap; }
 .pass { background: #dff3df; color: #14591a; font-weight: 600; }
 .fail { background: #f8dcdc; color: #8a1616; font-weight: 600; }
 .warn { background: #fbefd0; color: #7a5300; font-weight: 600; }
@@ -306,7 +307,7 @@ def _summary_table(names, labels, reports, anchors) -> list[str]:
                 f'<td class="num">{_num(s.get("storage_throughput_tokens_per_sec"), ",.1f")}</td>'
                 f'<td class="num">{"-" if hit is None else _num(hit * 100, ".1f") + "%"}</td>'
                 f'<td class="num">{_num(e2e, ",.1f")}</td>'
-                f"<td>{_criteria_counts(sc)}</td>")
+                f'<td class="nowrap">{_criteria_counts(sc)}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
     return out
@@ -341,8 +342,10 @@ def _criteria_table(name, labels, reports) -> list[str]:
                 measured = format_value(c.get("metric", ""), c.get("measured"))
             except Exception:  # an unknown metric in an older report: show it raw
                 measured = "-" if c.get("measured") is None else str(c.get("measured"))
-            out.append(f'<td class="{_cls(status)}">{_e(_STATUS_LABEL.get(status, status))} '
-                       f"({_e(measured)})</td>")
+            shown = _e(_STATUS_LABEL.get(status, status))
+            if measured != "-":
+                shown += f" ({_e(measured)})"
+            out.append(f'<td class="{_cls(status)} nowrap">{shown}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
     return out

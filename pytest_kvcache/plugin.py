@@ -33,18 +33,10 @@ from .session import KVSession
 from .settings import GB, OPTIONS, build_settings
 
 _OLD_SIGTERM = pytest.StashKey[object]()
-DRIVE_GROUP = "kvcache-drive-under-test"
 
 
 def _is_xdist_worker(config) -> bool:
     return hasattr(config, "workerinput")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Scenarios that share a drive must not run at once: one xdist group for all of them."""
-    for item in items:
-        if "kv_tiers" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(DRIVE_GROUP))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -109,9 +101,6 @@ def pytest_configure(config):
         raise pytest.UsageError(str(exc)) from None
     for name in ("gpu", "cpu", "nvme"):
         register_tier(name)
-    if getattr(config.option, "dist", "no") not in ("no", "loadgroup", "each"):
-        # scenarios share the drive under test: xdist must keep them in one group (one worker)
-        config.option.dist = "loadgroup"
     if str(config.rootpath) == "/":
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             "pytest's rootdir is '/': a path given as '--kv-cache-dir PATH' counts when pytest picks its "

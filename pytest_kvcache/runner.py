@@ -108,13 +108,14 @@ class Runner:
         t0 = time.perf_counter_ns()
         if self.config.read_model == "reference":
             left = req.generate_tokens
-            while left > 0 and not self._abort.is_set():
+            while left > 0 and not self._stop.is_set():
                 step = min(REFERENCE_REREAD_TOKENS, left)
-                self._abort.wait(step * self.per_token_s)
+                self._stop.wait(step * self.per_token_s)
                 self._load(layout, "decode")
                 left -= step
         elif self.per_token_s:
-            self._abort.wait(req.generate_tokens * self.per_token_s)
+            # after the window closes the pacing no longer matters: drain without waiting
+            self._stop.wait(req.generate_tokens * self.per_token_s)
         return time.perf_counter_ns() - t0
 
     # -- users ------------------------------------------------------------------------

@@ -209,4 +209,4 @@ def test_xdist_runs_scenarios_one_at_a_time_and_collects_every_result(pytester, 
     scenarios = report(pytester)["scenarios"]
     assert sorted(s["name"] for s in scenarios) == ["cpu+storage", "cpu-only", "storage-only"]
     spans = sorted((s["run"]["started_unix"], s["run"]["finished_unix"]) for s in scenarios)
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans

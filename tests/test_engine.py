@@ -1,0 +1,129 @@
+"""engine.provision + run_scenario on real backends (cpu arena + files), and run-dir safety."""
+
+import os
+import stat
+
+import pytest
+
+from pytest_kvcache.backends import default_registry
+from pytest_kvcache.backends.file import file_name
+from pytest_kvcache.criteria import profile_criteria
+from pytest_kvcache.engine import make_run_dir, provision, run_scenario
+from pytest_kvcache.errors import ConfigError
+from pytest_kvcache.models import resolve_model
+from pytest_kvcache.settings import build_settings
+from pytest_kvcache.tiers import TIER_CONFIGS
+from pytest_kvcache.workload import WorkloadParams, generate_trace
+
+
+def settings_for(cache_dir, **extra):
+    cli = {"cache_dir": str(cache_dir), "model": "tiny-1b", "duration": "1.0", "warmup": 0,
+           "users": 2, "requests_per_user": "3", "think_time_scale": "0", "generation_mode": "none",
+           "cpu_mem_gb": "0.02", "nvme_capacity_gb": 0.5, "chunk_tokens": 64, "io_block_mb": 1,
+           "profile": "latency"}
+    cli.update(extra)
+    return build_settings(cli, {}, {})
+
+
+def small_trace(s):
+    # contexts capped so the run writes tens of MB, not hundreds
+    return generate_trace(WorkloadParams(seed=s.seed, users=s.users, requests_per_user=s.requests_per_user,
+                                         think_time_scale=s.think_time_scale, max_context_tokens=512))
+
+
+def test_cpu_plus_storage_runs_on_real_backends_and_cleans_up(tmp_path):
+    mine = tmp_path / "keep-me.txt"
+    mine.write_text("user data")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    s = settings_for(tmp_path)
+    assert s.duration == 1.0 and s.users == 2 and s.cache_root == tmp_path
+    model = resolve_model(s.model)
+    trace = small_trace(s)
+    prov = provision(TIER_CONFIGS["cpu+storage"], s, default_registry())
+    seen_during_run = []
+    try:
+        assert prov.tier_names == ["cpu", "nvme"]
+        assert prov.run_dir.parent == tmp_path
+        assert stat.S_IMODE(prov.run_dir.stat().st_mode) == 0o700
+
+        def tick(runner, elapsed_s):
+            seen_during_run.append(len(list(prov.run_dir.iterdir())))
+
+        result = run_scenario(prov, s, model, trace, profile_criteria(s.profile), on_tick=tick)
+        assert result.status in ("passed", "failed"), result.failure_message()
+        assert result.errors == [] and result.invariant_problems == []
+        assert result.tiers == ["cpu", "nvme"]
+        assert result.trace["sha256"] == trace.sha256()
+        assert result.trace["requests_started"] >= 1
+        assert result.summary["storage_tier"] == "nvme"
+        assert result.metrics["window_s"] > 0
+        # spilled entries are files in the run dir, one per nvme entry
+        nvme = next(b for b in prov.backends if b.tier == "nvme")
+        files = sorted(p.name for p in prov.run_dir.iterdir())
+        assert files, "nothing spilled to the nvme tier"
+        assert files == sorted(file_name(k) for k in nvme.stored_keys())
+        assert result.occupancy["nvme"]["entries"] == len(files)
+        assert any(b["tier"] == "nvme" and b["backend"] == "file" for b in result.backends)
+        assert result.metrics.get("nvme.write.count", 0) + result.metrics.get("nvme.demote_write.count", 0) > 0
+        assert result.run["staging_bytes"] > 0
+    finally:
+        left = prov.close()
+    assert left == []
+    assert not prov.run_dir.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert mine.read_text() == "user data"
+    assert seen_during_run, "on_tick was never called"
+
+
+def test_cpu_only_has_no_storage_figures(tmp_path):
+    s = settings_for(tmp_path, cpu_mem_gb="0.2")
+    prov = provision(TIER_CONFIGS["cpu-only"], s, default_registry())
+    try:
+        result = run_scenario(prov, s, resolve_model(s.model), small_trace(s), profile_criteria("none"))
+    finally:
+        prov.close()
+    assert result.status == "passed" and result.invariant_problems == []
+    assert result.summary["storage_tier"] is None
+    assert result.device_counters["available"] is False
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zero_budget_tier_is_a_config_error_and_leaves_nothing(tmp_path):
+    s = settings_for(tmp_path, cpu_mem_gb=0)
+    with pytest.raises(ConfigError, match="budget is 0"):
+        provision(TIER_CONFIGS["cpu+storage"], s, default_registry())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_run_dir_makes_a_private_dir(tmp_path):
+    run_dir = make_run_dir(tmp_path)
+    assert run_dir.is_dir() and run_dir.parent == tmp_path
+    assert run_dir.name.startswith("kvcache-run-")
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert make_run_dir(tmp_path) != run_dir
+
+
+def test_make_run_dir_on_a_missing_dir(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_run_dir(tmp_path / "nope")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_make_run_dir_on_a_file(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        make_run_dir(f)
+    assert f.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_make_run_dir_on_an_unwritable_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="not writable"):
+            make_run_dir(ro)
+    finally:
+        ro.chmod(0o700)

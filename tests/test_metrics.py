@@ -1,0 +1,151 @@
+"""metrics.compute on a hand-fed Recorder: every figure from known inputs."""
+
+import math
+
+import pytest
+
+from pytest_kvcache.backends.base import IOResult
+from pytest_kvcache.metrics import compute, storage_tier
+from pytest_kvcache.recorder import Recorder
+
+S = 1_000_000_000  # ns
+MS = 1_000_000
+
+
+def fed() -> Recorder:
+    """A 2-second window over cpu + nvme with known I/O, lookups and requests."""
+    rec = Recorder()
+    rec.io("nvme", "write", IOResult(5_000, S // 2, MS), 50)  # before the window: ignored
+    rec.open_window(S)
+    for i in range(4):  # cpu: 4 reads of 1 MB, 10 tokens each
+        rec.io("cpu", "read", IOResult(1_000_000, S + i * MS, (i + 1) * MS), 10)
+    rec.io("cpu", "demote_read", IOResult(500_000, S + 10 * MS, MS), 5)
+    rec.io("nvme", "demote_write", IOResult(500_000, S + 11 * MS, 2 * MS), 5)
+    rec.io("nvme", "read", IOResult(2_000_000, S + 20 * MS, 8 * MS), 20)
+    rec.io("nvme", "read", IOResult(2_000_000, S + 21 * MS, 12 * MS), 20)
+    rec.io("nvme", "write", IOResult(1_000_000, S + 30 * MS, 4 * MS), 10)
+    rec.io("nvme", "evict", IOResult(1_000_000, S + 31 * MS, MS), 10)
+    for _ in range(3):
+        rec.lookup("multi_turn", True, S + MS)
+    rec.lookup("multi_turn", False, S + MS)
+    rec.lookup("prefix", False, S + MS)
+    rec.request(S + 40 * MS, {"e2e": 30 * MS, "queue_wait": MS}, {"requests": 1, "generated_tokens": 60})
+    rec.request(S + 50 * MS, {"e2e": 50 * MS, "queue_wait": 3 * MS}, {"requests": 1, "generated_tokens": 40})
+    rec.close_window(3 * S)
+    rec.io("nvme", "read", IOResult(9_999_999, 3 * S + 1, MS), 99)  # drain: ignored
+    return rec
+
+
+def test_window_throughputs_divide_window_bytes_by_the_window():
+    flat, summary = compute(fed(), ["cpu", "nvme"])
+    assert flat["window_s"] == pytest.approx(2.0)
+    assert flat["cpu.read.count"] == 4
+    assert flat["cpu.read.bytes"] == 4_000_000
+    assert flat["cpu.read.gbps"] == pytest.approx(4e6 / 2 / 1e9)
+    assert flat["cpu.read.iops"] == pytest.approx(2.0)
+    assert flat["nvme.read.bytes"] == 4_000_000  # the drained read is not in the window
+    assert flat["nvme.write.count"] == 1  # the warm-up write is not either
+    # a tier's own gbps sums its data ops (demotions included, evictions not)
+    assert flat["nvme.gbps"] == pytest.approx((500_000 + 4_000_000 + 1_000_000) / 2 / 1e9)
+    assert flat["cpu.gbps"] == pytest.approx(4_500_000 / 2 / 1e9)
+    assert summary["tiers"]["nvme"]["read"]["count"] == 2
+    assert summary["tiers"]["nvme"]["evict"]["bytes"] == 1_000_000
+
+
+def test_latency_figures_in_seconds_and_milliseconds():
+    flat, summary = compute(fed(), ["cpu", "nvme"])
+    assert flat["cpu.read.max"] == pytest.approx(0.004)
+    assert flat["cpu.read.mean"] == pytest.approx(0.0025)
+    assert flat["nvme.read.p50"] == pytest.approx(0.010)
+    assert summary["tiers"]["cpu"]["read"]["latency_ms"]["max"] == pytest.approx(4.0)
+    assert summary["tiers"]["cpu"]["read"]["latency_exact"] is True
+    assert summary["cpu_read_p95_ms"] == pytest.approx(flat["cpu.read.p95"] * 1e3, abs=1e-3)
+    assert "nvme_read_p95_ms" in summary
+
+
+def test_storage_figures_use_the_slowest_non_memory_tier():
+    flat, summary = compute(fed(), ["cpu", "nvme"])
+    assert summary["storage_tier"] == "nvme"
+    assert flat["storage.read_gbps"] == pytest.approx(4_000_000 / 2 / 1e9)
+    assert flat["storage.write_gbps"] == pytest.approx(1_500_000 / 2 / 1e9)
+    assert flat["storage.gbps"] == pytest.approx(5_500_000 / 2 / 1e9)
+    # tokens through the drive: reads 40 + write 10 + demote_write 5, over 2 s
+    assert flat["storage.throughput_tokens_per_sec"] == pytest.approx(55 / 2)
+    assert summary["storage_throughput_tokens_per_sec"] == pytest.approx(27.5)
+
+
+def test_storage_tier_choice():
+    assert storage_tier(["gpu", "cpu", "nvme"]) == "nvme"
+    assert storage_tier(["nvme"]) == "nvme"
+    assert storage_tier(["gpu", "cpu"]) is None
+    assert storage_tier(["cpu", "nvme", "object"]) == "object"
+
+
+def test_memory_only_tiers_have_no_storage_figures():
+    flat, summary = compute(fed(), ["gpu", "cpu"])
+    assert not any(k.startswith("storage.") for k in flat)
+    assert summary["storage_tier"] is None
+    assert summary["storage_throughput_tokens_per_sec"] == 0.0
+
+
+def test_hit_rates_overall_and_by_kind():
+    flat, summary = compute(fed(), ["cpu", "nvme"])
+    assert flat["cache.hit_rate"] == pytest.approx(3 / 5)
+    assert flat["cache.hit_rate.multi_turn"] == pytest.approx(0.75)
+    assert flat["cache.hit_rate.prefix"] == 0.0
+    assert summary["cache_hit_rate"] == pytest.approx(0.6)
+    assert summary["hit_rates"] == {"cache.hit_rate.multi_turn": 0.75, "cache.hit_rate.prefix": 0.0}
+    assert summary["cache_lookups"]["multi_turn"] == {"hits": 3, "misses": 1}
+
+
+def test_requests_system_throughput_and_read_amplification():
+    flat, summary = compute(fed(), ["cpu", "nvme"])
+    assert flat["requests.completed"] == 2
+    assert flat["requests.per_sec"] == pytest.approx(1.0)
+    assert flat["system.tokens_per_sec"] == pytest.approx(100 / 2)
+    # tokens read (every tier's reads: 4x10 + 2x20) per generated token
+    assert flat["read_amplification"] == pytest.approx(80 / 100)
+    assert flat["e2e.mean"] == pytest.approx(0.040)
+    assert flat["queue_wait.max"] == pytest.approx(0.003)
+    assert summary["total_requests"] == 2
+    assert summary["total_tokens_generated"] == 100
+    assert summary["total_tokens_per_sec"] == pytest.approx(50.0)
+    assert summary["end_to_end_latency_ms"]["mean"] == pytest.approx(40.0)
+    assert summary["queue_wait_ms"]["max"] == pytest.approx(3.0)
+    assert flat["errors.count"] == 0
+
+
+def test_summary_keeps_the_reference_key_names():
+    _, summary = compute(fed(), ["cpu", "nvme"])
+    for key in ("storage_throughput_tokens_per_sec", "cache_hit_rate", "end_to_end_latency_ms",
+                "total_tokens_generated", "requests_per_second", "read_amplification",
+                "timeline_bytes", "counters", "errors"):
+        assert key in summary
+    assert summary["timeline_step_s"] == 1.0
+    assert sum(summary["timeline_bytes"]["nvme"]) == 500_000 + 4_000_000 + 1_000_000 + 1_000_000
+
+
+def test_an_empty_run_does_not_divide_by_zero():
+    rec = Recorder()
+    rec.open_window(0)
+    rec.close_window(S)
+    flat, summary = compute(rec, ["nvme"])
+    assert flat["requests.completed"] == 0 and flat["system.tokens_per_sec"] == 0
+    assert "cache.hit_rate" not in flat and "read_amplification" not in flat
+    assert flat["storage.gbps"] == 0
+    assert summary["cache_hit_rate"] == 0.0
+    assert summary["end_to_end_latency_ms"] == {}
+
+
+def test_a_window_that_never_opened_gives_nan_rates_not_a_crash():
+    flat, _ = compute(Recorder(), ["nvme"])
+    assert math.isnan(flat["window_s"])
+    assert math.isnan(flat["storage.gbps"])
+
+
+def test_errors_are_counted():
+    rec = fed()
+    rec.error("boom")
+    flat, summary = compute(rec, ["cpu", "nvme"])
+    assert flat["errors.count"] == 1
+    assert summary["errors"] == {"count": 1, "first": ["boom"]}

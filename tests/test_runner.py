@@ -1,0 +1,192 @@
+"""Runner: closed-loop users replaying a trace against mock tiers."""
+
+from pytest_kvcache.backends.base import BackendContext, TierSpec
+from pytest_kvcache.backends.mock import MockBackend
+from pytest_kvcache.cache import MultiTierCache
+from pytest_kvcache.errors import BackendError
+from pytest_kvcache.payload import NoiseSource, StagingBuffers
+from pytest_kvcache.recorder import Recorder
+from pytest_kvcache.runner import RunConfig, Runner
+from pytest_kvcache.workload import WorkloadParams, generate_trace
+
+CTX = BackendContext(noise=NoiseSource(1, size=1 << 20), staging=StagingBuffers(1 << 16))
+BPT = 16
+BIG = 1 << 40
+DURATION = 30.0
+
+
+def params(seed=7, users=3, requests_per_user=5):
+    return WorkloadParams(seed=seed, users=users, requests_per_user=requests_per_user,
+                          think_time_scale=0)
+
+
+def run(p=None, caps=(BIG, BIG), backend=MockBackend, options=None, **config):
+    trace = generate_trace(p or params())
+    names = ("gpu", "cpu", "nvme")
+    backends = [backend(TierSpec(n, "mock", c, dict(options or {})), CTX) for n, c in zip(names, caps, strict=False)]
+    rec = Recorder()
+    cache = MultiTierCache(backends, rec, BPT)
+    cfg = {"duration_s": DURATION, "warmup_s": 0.0, "generation_mode": "none", **config}
+    runner = Runner(cache, trace, rec, RunConfig(**cfg))
+    info = runner.run()
+    return info, rec, cache, trace
+
+
+def ops(rec):
+    return {key: list(v) for key, v in sorted(rec.total.items())}
+
+
+def test_every_request_finishes_and_the_run_ends_with_the_trace():
+    info, rec, cache, trace = run()
+    assert len(trace) == 15
+    assert info.requests_started == info.requests_finished == 15
+    assert info.users_exhausted == 3
+    assert info.trace_exhausted is True
+    assert info.errors == [] and not info.aborted
+    assert info.finished_ns - info.started_ns < DURATION * 1e9
+    assert rec.window_start_ns is not None and rec.window_end_ns is not None
+    assert rec.total[("gpu", "write")][0] > 0
+    assert rec.total[("gpu", "read")][0] > 0
+    assert ("cpu", "write") not in rec.total  # everything fit in the first tier
+    hits, misses = rec.lookups["multi_turn"]
+    assert hits > 0 and misses == 0  # multi-turn hit rate 1.0: every history chunk was stored
+    assert rec.counters["requests"] == 15  # no warm-up: every request counts in the window
+    assert rec.window[("gpu", "write")].count == rec.total[("gpu", "write")][0]
+    assert rec.window_start_ns == info.started_ns
+    assert cache.check_invariants() == []
+    assert cache.dropped == 0
+
+
+def test_every_stored_token_is_accounted():
+    info, rec, cache, trace = run()
+    # the last version of every conversation's chunks is in the cache: one key per chunk
+    stored = sum(e.tokens for t in cache.tiers for e in t.entries.values())
+    expected = sum(r.context_tokens + r.generate_tokens for r in trace.requests())
+    assert stored == expected
+    assert all(k.startswith("u000") and ".k" in k for k in cache._index)
+
+
+def test_small_budgets_demote_and_evict_but_keep_invariants():
+    info, rec, cache, _ = run(caps=(64 * 1024, 256 * 1024, 1 << 20))
+    assert info.trace_exhausted and info.errors == []
+    assert rec.total[("gpu", "demote_read")][0] > 0
+    assert rec.total[("cpu", "demote_write")][0] > 0
+    assert cache.check_invariants() == []
+    for t in cache.tiers:
+        assert t.peak <= t.high_water
+
+
+def test_one_user_runs_are_deterministic():
+    p = params(users=1, requests_per_user=6)
+    caps = (64 * 1024, 256 * 1024, 1 << 20)
+    _, rec1, cache1, trace1 = run(p, caps=caps)
+    _, rec2, cache2, trace2 = run(p, caps=caps)
+    assert trace1.sha256() == trace2.sha256()
+    assert ops(rec1) == ops(rec2)
+    assert cache1.occupancy() == cache2.occupancy()
+    assert {k: v.tier for k, v in cache1._index.items()} == {k: v.tier for k, v in cache2._index.items()}
+
+
+def test_a_different_seed_is_a_different_trace():
+    assert generate_trace(params(seed=7)).sha256() != generate_trace(params(seed=8)).sha256()
+    assert generate_trace(params(seed=7)).sha256() == generate_trace(params(seed=7)).sha256()
+
+
+class FailingWrites(MockBackend):
+    """A medium that breaks after a few writes (an I/O error, not a full device)."""
+
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
+        self.writes = 0
+
+    def write(self, key, nbytes):
+        self.writes += 1
+        if self.writes > 3:
+            raise BackendError("injected I/O error")
+        return super().write(key, nbytes)
+
+
+def test_a_backend_error_ends_the_run_and_is_reported():
+    info, rec, cache, trace = run(backend=FailingWrites, caps=(BIG,))
+    assert len(info.errors) >= 1
+    assert "BackendError: injected I/O error" in info.errors[0]
+    assert rec.error_count >= 1
+    assert info.trace_exhausted is False
+    assert info.requests_finished < len(trace)
+    assert info.finished_ns - info.started_ns < DURATION * 1e9
+    assert cache.check_invariants() == []
+
+
+def test_a_failed_read_is_a_miss_the_chunk_is_recomputed_and_the_run_goes_on():
+    trace = generate_trace(params())
+    first = trace.per_user[0][0]
+    key = f"{first.conversation_id}.k00000"
+    info, rec, cache, _ = run(options={"fail_read_keys": [key]})
+    assert info.trace_exhausted and info.errors == []
+    if trace.per_user[0][1].conversation_id == first.conversation_id:  # a second turn loads it
+        assert rec.error_count >= 1 and key in rec.errors[0]
+        assert rec.lookups["multi_turn"][1] >= 1
+    assert cache.contains(key)  # stored again after the failed read
+    assert cache.check_invariants() == []
+
+
+def test_one_entry_per_turn_mode():
+    info, rec, cache, trace = run(chunk_tokens=0)
+    assert info.trace_exhausted
+    assert all(".s" in k for k in cache._index)
+    # context and generated tokens are two segments per request
+    assert len(cache._index) == 2 * len(trace)
+    hits, misses = rec.lookups["multi_turn"]
+    assert hits > 0 and misses == 0
+    assert cache.check_invariants() == []
+
+
+def test_reference_read_model_rereads_during_decode():
+    _, rec_once, _, _ = run(read_model="once")
+    _, rec_ref, _, _ = run(read_model="reference")
+    assert rec_ref.total[("gpu", "read")][0] > rec_once.total[("gpu", "read")][0]
+    assert "decode" in rec_ref.lookups and "decode" not in rec_once.lookups
+    assert rec_ref.total[("gpu", "write")] == rec_once.total[("gpu", "write")]
+
+
+def test_max_inflight_limits_service_but_finishes_the_trace():
+    info, rec, cache, _ = run(max_inflight=1)
+    assert info.trace_exhausted and info.requests_finished == 15
+    assert cache.check_invariants() == []
+
+
+def test_request_timings_are_recorded():
+    _, rec, _, _ = run()
+    for name in ("e2e", "queue_wait", "storage_time", "generation_time", "ttft"):
+        assert rec.requests[name].count >= 1
+    assert rec.counters["generated_tokens"] > 0
+
+
+def test_window_closes_when_duration_ends():
+    """A trace longer than the window: the window closes at the duration, the run drains."""
+    p = WorkloadParams(seed=1, users=2, requests_per_user=50, think_time_scale=1.0)
+    info, rec, cache, trace = run(p, duration_s=0.3)
+    assert info.trace_exhausted is False and info.errors == []
+    assert info.requests_finished == info.requests_started < len(trace)
+    assert rec.window_start_ns == info.started_ns
+    assert rec.window_end_ns - rec.window_start_ns >= 0.3e9
+    assert cache.check_invariants() == []
+
+
+def test_warm_up_io_counts_in_the_totals_only():
+    p = WorkloadParams(seed=1, users=2, requests_per_user=50, think_time_scale=0.05)
+    info, rec, cache, _ = run(p, warmup_s=0.2, duration_s=0.2)
+    assert rec.window_start_ns == info.started_ns + 200_000_000  # exactly at the warm-up's end
+    assert rec.window_end_ns - rec.window_start_ns >= 0.2e9
+    total_writes = sum(v[0] for (t, op), v in rec.total.items() if op == "write")
+    window_writes = sum(w.count for (t, op), w in rec.window.items() if op == "write")
+    assert total_writes > window_writes
+    assert cache.check_invariants() == []
+
+
+def test_a_trace_that_ends_during_the_warm_up_leaves_an_empty_window():
+    info, rec, _, _ = run(warmup_s=DURATION)
+    assert info.trace_exhausted and info.requests_finished == 15
+    assert info.finished_ns - info.started_ns < DURATION * 1e9
+    assert rec.window == {} and rec.lookups == {} and rec.requests == {}
+    assert rec.window_s >= 0
