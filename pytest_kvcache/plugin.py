@@ -27,7 +27,8 @@ from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin
     kv_workload,
 )
 from .fsinfo import describe_drive, free_bytes
-from .report import scenario_text
+from .plots import plots_available, render_plots
+from .report import build_report, scenario_text
 from .result import ScenarioResult
 from .session import KVSession
 from .settings import GB, OPTIONS, build_settings
@@ -172,4 +173,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     s = kv.results[0]
     tr.write_line(f"trace sha256 {s.trace.get('sha256')} (seed {kv.settings.seed}, {s.trace.get('requests')} requests)")
     if kv.report_path is not None:
-        tr.write_line(f"JSON report: {kv.report_path}")
+        tr.write_line(f"JSON report: {kv.report_path} (CSV: {kv.report_path.with_suffix('.csv').name})")
+    if kv.settings.plots:
+        missing = plots_available()
+        if missing:
+            tr.write_line(f"no plots: {missing}")
+        else:
+            data = build_report(kv, final=True)
+            data["label"] = kv.settings.cache_root.name or "run"
+            target = Path(config.invocation_params.dir) / kv.settings.plots
+            tr.write_line(f"plots: {render_plots([data], target)}")

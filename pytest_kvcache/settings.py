@@ -69,6 +69,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
     Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
     Option("report", "path", "kvcache-report.json", "where the JSON session report is written"),
+    Option("plots", "path", None, "write PNG plots and an index.html of the session into this directory (needs the plots extra)"),
     Option("verify", "flag", False, "check every block read against what was written; mismatches fail the scenario"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -99,6 +100,7 @@ class Settings:
     profile: str = "latency"
     threshold: tuple = ()
     report: str | None = "kvcache-report.json"
+    plots: str | None = None
     verify: bool = False
     models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
     threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini

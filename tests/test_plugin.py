@@ -210,3 +210,14 @@ def test_xdist_runs_scenarios_one_at_a_time_and_collects_every_result(pytester, 
     assert sorted(s["name"] for s in scenarios) == ["cpu+storage", "cpu-only", "storage-only"]
     spans = sorted((s["run"]["started_unix"], s["run"]["finished_unix"]) for s in scenarios)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_plots_option_renders_or_explains(pytester, cache_dir):
+    from pytest_kvcache.plots import plots_available
+
+    result = run(pytester, cache_dir, "--kv-plots=plots", configs=["cpu-only"])
+    result.assert_outcomes(passed=1)
+    if plots_available() is None:
+        assert (pytester.path / "plots" / "index.html").exists()
+    else:
+        result.stdout.fnmatch_lines(["*no plots: plots need matplotlib*"])
