@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import zlib
 from array import array
 from dataclasses import dataclass, field
 
@@ -135,7 +136,7 @@ class Recorder:
                 return
             w = self.window.get(key)
             if w is None:
-                w = self.window[key] = OpTotals(latency=Series(seed=hash(key) & 0xFFFF))
+                w = self.window[key] = OpTotals(latency=Series(seed=zlib.crc32(f"{tier}.{op}".encode())))
             w.count += 1
             w.bytes += res.nbytes
             w.tokens += tokens
