@@ -49,6 +49,18 @@ def test_full_fast_tier_falls_through_to_the_next(tmp_path):
     assert cache.check_invariants() == []
 
 
+def test_full_last_tier_ends_the_run_with_the_error():
+    from pytest_kvcache.errors import BackendFull
+
+    c = ctx()
+    nvme = MockBackend(TierSpec("nvme", "mock", 1 << 20, {"full_after_bytes": 8 * 1024}), c)
+    cache, _ = cache_over(nvme)
+    cache.put("a", 8)
+    with pytest.raises(BackendFull):
+        cache.put("b", 8)
+    assert cache.check_invariants() == []
+
+
 def test_read_error_is_an_error_and_a_miss_never_a_hit():
     c = ctx()
     tier = MockBackend(TierSpec("cpu", "mock", 1 << 20, {"fail_read_keys": ["bad"]}), c)

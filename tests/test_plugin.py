@@ -78,6 +78,9 @@ def test_ini_settings_and_thresholds(pytester, cache_dir):
     [
         (["--kv-model", "gpt-5"], "unknown model 'gpt-5'. Known models: deepseek-v3"),
         (["--kv-users", "-3"], "--kv-users (command line) must be at least 1"),
+        (["--kv-users", "0"], "--kv-users (command line) must be at least 1"),
+        (["--kv-chunk-tokens", "-256"], "--kv-chunk-tokens (command line) must be 0 or more"),
+        (["--kv-gpu-mem-gb", "lots"], "--kv-gpu-mem-gb (command line) must be a number"),
         (["--kv-users", "many"], "--kv-users (command line) must be a number"),
         (["--kv-duration", "0"], "--kv-duration (command line) must be greater than 0"),
         (["--kv-cpu-mem-gb", "-1"], "--kv-cpu-mem-gb (command line) must be 0 or more"),
