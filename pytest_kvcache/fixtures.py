@@ -95,6 +95,7 @@ class ProgressLine:
     def __init__(self, config, name: str, duration: float, warmup: float):
         tr = config.pluginmanager.get_plugin("terminalreporter")
         self.tr = tr if tr is not None and tr.isatty and config.get_verbosity() >= 0 else None
+        self.capman = config.pluginmanager.get_plugin("capturemanager")
         self.name, self.total = name, warmup + duration
         self.shown = False
 
@@ -105,13 +106,21 @@ class ProgressLine:
         ops = sum(w.count for w in rec.window.values())
         nbytes = sum(w.bytes for (_, op), w in rec.window.items() if op not in ("evict", "delete"))
         gbps = nbytes / rec.window_s / 1e9 if rec.window_s else 0.0
-        self.tr.write(f"\r[kvcache] {self.name} {elapsed_s:5.1f}/{self.total:g} s | {ops:,} ops | "
-                      f"{gbps:.2f} GB/s | {runner.active_users()} users ", flush=True)
+        self._write(f"\r[kvcache] {self.name} {elapsed_s:5.1f}/{self.total:g} s | {ops:,} ops | "
+                    f"{gbps:.2f} GB/s | {runner.active_users()} users ")
         self.shown = True
+
+    def _write(self, text: str) -> None:
+        """To the real terminal, past pytest's capture, never into the test's captured output."""
+        if self.capman is None:
+            self.tr.write(text, flush=True)
+            return
+        with self.capman.global_and_fixture_disabled():
+            self.tr.write(text, flush=True)
 
     def clear(self) -> None:
         if self.shown:
-            self.tr.write("\r" + " " * 100 + "\r", flush=True)
+            self._write("\r" + " " * 100 + "\r")
 
 
 @pytest.fixture
