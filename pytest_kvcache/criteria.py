@@ -29,7 +29,7 @@ from .errors import ConfigError
 #: Tiers that may appear as ``<tier>.<op>.<stat>``; backends add theirs with ``register_tier``.
 known_tiers: list[str] = ["gpu", "cpu", "nvme", "object", "redis", "gds"]
 
-TIER_OPS = ("read", "write", "demote_read", "demote_write", "evict", "all")
+TIER_OPS = ("read", "write", "demote_read", "demote_write", "evict", "delete")
 
 LATENCY_STATS = ("p50", "p95", "p99", "p999", "max", "mean")
 
