@@ -43,7 +43,7 @@ from pytest_kvcache.errors import ConfigError
         ("errors.count==0", "errors.count", "==", 0.0),
         ("requests.completed>=1", "requests.completed", ">=", 1.0),
         ("read_amplification<=1.5", "read_amplification", "<=", 1.5),
-        ("nvme.all.bytes>=1GB", "nvme.all.bytes", ">=", 1e9),
+        ("nvme.write.bytes>=1GB", "nvme.write.bytes", ">=", 1e9),
     ],
 )
 def test_parse_examples(text, metric, op, value):
@@ -70,7 +70,7 @@ def test_metric_kind():
     assert metric_kind("nvme.read.p95") == "latency"
     assert metric_kind("redis.demote_write.count") == "count"
     assert metric_kind("gds.evict.bytes") == "bytes"
-    assert metric_kind("object.all.iops") == "per_second"
+    assert metric_kind("object.delete.iops") == "per_second"
     assert metric_kind("nvme.gbps") == "throughput"
     assert metric_kind("cache.hit_rate.rag") == "fraction"
     assert metric_kind("ttft.p95") == "latency"
