@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .backends import BackendRegistry
@@ -27,7 +28,7 @@ class KVSession:
         self.results: list[ScenarioResult] = []
         self.interrupted = False
         self.open_tiers: list = []  # provisioned and not yet closed: closed at session end
-        self._traces: dict[tuple, Trace] = {}
+        self._traces: dict[str, Trace] = {}
         self.suite_properties_recorded = False
 
     def suite_properties(self) -> dict:
@@ -42,7 +43,7 @@ class KVSession:
         params = WorkloadParams(seed=settings.seed, users=settings.users,
                                 requests_per_user=settings.requests_per_user,
                                 think_time_scale=settings.think_time_scale)
-        key = tuple(sorted(params.to_dict().items(), key=lambda kv: kv[0]).__repr__())
+        key = json.dumps(params.to_dict(), sort_keys=True)
         if key not in self._traces:
             self._traces[key] = generate_trace(params)
         return self._traces[key]
