@@ -19,7 +19,7 @@ from .cache import MultiTierCache
 from .criteria import Criterion, evaluate
 from .devstats import DeviceWindow
 from .errors import ConfigError
-from .fsinfo import block_device_for
+from .fsinfo import block_device_for, free_bytes
 from .metrics import compute
 from .models import ModelSpec
 from .payload import NoiseSource, StagingBuffers, Verifier
@@ -38,14 +38,18 @@ def _noise(seed: int) -> NoiseSource:
     return NoiseSource(seed)
 
 
-def check_cache_dir(path: Path) -> None:
-    """Raise ConfigError, naming the fix, unless ``path`` is a writable directory."""
+def check_cache_dir(path: Path, need_bytes: float = 0) -> None:
+    """Raise ConfigError, naming the fix, unless ``path`` is a writable directory with room."""
     if not path.exists():
         raise ConfigError(f"--kv-cache-dir {path} does not exist; create it or point --kv-cache-dir at an existing directory on the drive under test.")
     if not path.is_dir():
         raise ConfigError(f"--kv-cache-dir {path} is not a directory; point --kv-cache-dir at a directory on the drive under test.")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"--kv-cache-dir {path} is not writable by this user; choose a directory you can write to, or fix its permissions.")
+    free = free_bytes(path)
+    if need_bytes > free:
+        raise ConfigError(f"--kv-nvme-capacity-gb {need_bytes / 1e9:g} is more than the {free / 1e9:.1f} GB free in "
+                          f"{path}; lower it or free space on that drive.")
 
 
 def make_run_dir(cache_root: Path) -> Path:

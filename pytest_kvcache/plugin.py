@@ -14,7 +14,6 @@ import pytest
 
 from . import hookspec
 from .backends import default_registry
-from .criteria import register_tier
 from .engine import check_cache_dir
 from .errors import ConfigError
 from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin module)
@@ -26,7 +25,7 @@ from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin
     kv_tiers,
     kv_workload,
 )
-from .fsinfo import describe_drive, free_bytes
+from .fsinfo import describe_drive
 from .plots import plots_available, render_plots
 from .report import build_report, scenario_text
 from .result import ScenarioResult
@@ -83,12 +82,7 @@ def pytest_configure(config):
     cli = {opt.name: config.getoption("kv_" + opt.name) for opt in OPTIONS}
     try:
         settings = build_settings(cli, _ini_values(config))
-        check_cache_dir(settings.cache_root)
-        if settings.nvme_capacity_gb and settings.nvme_capacity_gb * GB > free_bytes(settings.cache_root):
-            raise ConfigError(
-                f"--kv-nvme-capacity-gb {settings.nvme_capacity_gb:g} is more than the "
-                f"{free_bytes(settings.cache_root) / GB:.1f} GB free in {settings.cache_root}; "
-                "lower it or free space on that drive.")
+        check_cache_dir(settings.cache_root, settings.nvme_capacity_gb * GB)
         registry = default_registry()
         config.hook.pytest_kvcache_register_backends(registry=registry)
         if settings.nvme_backend not in registry.names():
@@ -100,8 +94,6 @@ def pytest_configure(config):
         config.stash[SESSION_KEY] = KVSession(settings, registry, report)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    for name in ("gpu", "cpu", "nvme"):
-        register_tier(name)
     if str(config.rootpath) == "/":
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             "pytest's rootdir is '/': a path given as '--kv-cache-dir PATH' counts when pytest picks its "
