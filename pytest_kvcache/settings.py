@@ -64,7 +64,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
     Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
     Option("max_inflight", "int", 0, "at most this many requests in service at once; the rest wait in the queue (0 = no limit)"),
-    Option("io_block_mb", "posfloat", 16.0, "largest single transfer (and per-thread staging buffer) in MiB"),
+    Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
     Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
     Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
     Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
@@ -95,7 +95,7 @@ class Settings:
     requests_per_user: int = 500
     think_time_scale: float = 1.0
     max_inflight: int = 0
-    io_block_mb: float = 16.0
+    io_block_mb: float = 4.0
     file_io_mode: str = "auto"
     profile: str = "latency"
     threshold: tuple = ()
