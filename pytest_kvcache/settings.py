@@ -51,10 +51,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("config", "path", None, "YAML file with settings and custom models (keys as the option names)"),
     Option("cache_dir", "path", None, "directory under which the run makes its private directory (default: the system temp dir)"),
     Option("gpu_mem_gb", "nonneg", 1.0, "GPU tier budget in GB"),
-    Option("cpu_mem_gb", "nonneg", 1.0, "CPU tier budget in GB"),
+    Option("cpu_mem_gb", "nonneg", 1.5, "CPU tier budget in GB"),
     Option("nvme_capacity_gb", "nonneg", 0.0, "nvme tier budget in GB (0 = half the free space, at most 64 GB)"),
     Option("nvme_backend", "str", "file", "backend implementing the nvme tier"),
-    Option("users", "posint", 8, "concurrent simulated users (closed loop)"),
+    Option("users", "posint", 4, "concurrent simulated users (closed loop)"),
     Option("duration", "posfloat", 15.0, "measurement window in seconds"),
     Option("warmup", "nonneg", 2.0, "seconds of load before the window opens"),
     Option("seed", "int", 42, "root seed of the workload trace"),
@@ -82,10 +82,10 @@ class Settings:
     config: str | None = None
     cache_dir: str | None = None
     gpu_mem_gb: float = 1.0
-    cpu_mem_gb: float = 1.0
+    cpu_mem_gb: float = 1.5
     nvme_capacity_gb: float = 0.0
     nvme_backend: str = "file"
-    users: int = 8
+    users: int = 4
     duration: float = 15.0
     warmup: float = 2.0
     seed: int = 42
