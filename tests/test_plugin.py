@@ -196,6 +196,8 @@ def test_junit_properties(pytester, cache_dir):
     result.assert_outcomes(passed=1)
     xml = (pytester.path / "out.xml").read_text()
     assert 'name="kv_nvme_read_p95_ms"' in xml and 'name="kv_trace_sha256"' in xml
+    assert 'name="kv_model" value="tiny-1b"' in xml and 'name="kv_seed" value="42"' in xml  # suite level
+    assert 'name="kv_criterion nvme.read.p95 &lt;= 200ms"' in xml
 
 
 def test_no_report_without_scenarios(pytester):
