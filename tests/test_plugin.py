@@ -226,3 +226,9 @@ def test_plots_option_renders_or_explains(pytester, cache_dir):
         assert (pytester.path / "plots" / "index.html").exists()
     else:
         result.stdout.fnmatch_lines(["*no plots: plots need matplotlib*"])
+
+
+def test_warns_when_rootdir_is_filesystem_root(pytester):
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("--rootdir=/", "-p", "no:cacheprovider", "-W", "default")
+    result.stdout.fnmatch_lines(["*rootdir is '/'*--kv-cache-dir=PATH*"])
