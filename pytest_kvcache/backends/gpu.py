@@ -21,6 +21,8 @@ def gpu_unavailable_reason() -> str | None:
         import torch
     except ImportError:
         return "torch is not installed: pip install 'pytest-kvcache[gpu]' to test the GPU tier"
+    except OSError as exc:  # a torch whose CUDA libraries are missing or broken
+        return f"torch is installed but cannot load ({exc}); reinstall it with 'pip install pytest-kvcache[gpu]'"
     if not torch.cuda.is_available():
         return "no CUDA device is available to torch (torch.cuda.is_available() is False)"
     return None
@@ -42,7 +44,6 @@ class GPUBackend(Backend):
         self._entries: dict[str, object] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._allocated = 0
 
     def _thread_state(self):
         st = getattr(self._local, "state", None)
