@@ -20,17 +20,17 @@ from .recorder import Recorder
 WRITING, READY, MOVING = "writing", "ready", "moving"
 HIGH_WATER = 0.8
 _WAIT_S = 0.05
-_MAX_WAITS = 200  # give a reservation up after ~10 s of finding every entry busy
+_GIVE_UP_S = 10.0  # a reservation that finds every entry busy for this long gives up
 _RETRY = object()
 
 
 class Entry:
-    __slots__ = ("key", "tokens", "nbytes", "footprint", "tier", "state", "pins")
+    __slots__ = ("key", "tokens", "nbytes", "footprint", "tier", "state", "pins", "broken")
 
     def __init__(self, key: str, tokens: int, nbytes: int, footprint: int, tier: int):
         self.key, self.tokens, self.nbytes = key, tokens, nbytes
         self.footprint, self.tier = footprint, tier
-        self.state, self.pins = WRITING, 0
+        self.state, self.pins, self.broken = WRITING, 0, False
 
 
 class Tier:
@@ -78,16 +78,27 @@ class MultiTierCache:
         try:
             res = tier.backend.read(key, entry.nbytes)
         except BackendError as exc:
+            res = None
             self.recorder.error(f"{tier.name} read of {key}: {exc}")
-            self.recorder.lookup(kind, False, time.perf_counter_ns())
+        except BaseException:
             with self._cond:
                 entry.pins -= 1
-                entry.state = MOVING
-            self._remove(entry, "delete")
-            return None
+                self._cond.notify_all()
+            raise
         with self._cond:
             entry.pins -= 1
+            entry.broken = entry.broken or res is None
+            # the last reader of a broken entry removes it, and only if it is still current
+            remove = (entry.broken and entry.pins == 0 and entry.state == READY
+                      and self._index.get(key) is entry)
+            if remove:
+                entry.state = MOVING
             self._cond.notify_all()
+        if remove:
+            self._remove(entry, "delete")
+        if res is None:
+            self.recorder.lookup(kind, False, time.perf_counter_ns())
+            return None
         self.recorder.io(tier.name, "read", res, entry.tokens)
         self.recorder.lookup(kind, True, res.end_ns)
         return tier.name
@@ -167,7 +178,7 @@ class MultiTierCache:
     def _reserve(self, idx: int, nbytes: int) -> bool:
         """Claim ``nbytes`` in tier ``idx``, demoting or evicting its LRU entries as needed."""
         tier = self.tiers[idx]
-        waits = 0
+        deadline = time.monotonic() + _GIVE_UP_S
         while True:
             with self._cond:
                 if tier.used + nbytes <= tier.high_water:
@@ -175,12 +186,12 @@ class MultiTierCache:
                     tier.peak = max(tier.peak, tier.used)
                     return True
                 victim = next((e for e in tier.entries.values()
-                               if e.state == READY and e.pins == 0), None)
+                               if e.state == READY and e.pins == 0 and not e.broken), None)
                 if victim is None:
-                    if waits >= _MAX_WAITS:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         return False
-                    waits += 1
-                    self._cond.wait(_WAIT_S)
+                    self._cond.wait(min(_WAIT_S, left))  # woken by every notify: time, not wake-ups
                     continue
                 victim.state = MOVING
             if idx == len(self.tiers) - 1:
@@ -194,27 +205,30 @@ class MultiTierCache:
         dst_idx = entry.tier + 1
         dst = self.tiers[dst_idx]
         fp = dst.backend.footprint(entry.nbytes)
-        if fp > dst.high_water or not self._reserve(dst_idx, fp):
-            self._remove(entry, "evict")  # nowhere to put it: it leaves the cache
-            return
+        reserved = False
         try:
+            reserved = fp <= dst.high_water and self._reserve(dst_idx, fp)
+            if not reserved:
+                self._remove(entry, "evict")  # nowhere to put it: it leaves the cache
+                return
             res_r = src.backend.read(entry.key, entry.nbytes)
             self.recorder.io(src.name, "demote_read", res_r, entry.tokens)
             res_w = dst.backend.write(entry.key, entry.nbytes)
-        except BackendError as exc:  # the entry is lost, the run goes on and reports the error
+        except BaseException as exc:  # never leave the entry 'moving': others wait for it
+            if reserved:
+                with self._cond:
+                    dst.used -= fp
+            self._remove(entry, "evict")
+            if not isinstance(exc, BackendError):
+                raise
             self.recorder.error(f"demotion of {entry.key} from {src.name} to {dst.name}: {exc}")
-            with self._cond:
-                dst.used -= fp
-            self._remove(entry, "evict")
             return
-        except BaseException:
-            with self._cond:
-                dst.used -= fp
-            self._remove(entry, "evict")
-            raise
         self.recorder.io(dst.name, "demote_write", res_w, entry.tokens)
-        res_d = src.backend.delete(entry.key)
-        self.recorder.io(src.name, "delete", res_d, entry.tokens)
+        try:
+            res_d = src.backend.delete(entry.key)
+            self.recorder.io(src.name, "delete", res_d, entry.tokens)
+        except BackendError as exc:  # the copy below is good; report the stale one above
+            self.recorder.error(f"demotion of {entry.key}: freeing it in {src.name} failed: {exc}")
         with self._cond:
             del src.entries[entry.key]
             src.used -= entry.footprint

@@ -336,14 +336,21 @@ def _as_number(v: object) -> float | None:
     return None if math.isnan(f) else f
 
 
-def evaluate(criteria: Iterable[Criterion], metrics: Mapping[str, object]) -> list[Outcome]:
+def evaluate(criteria: Iterable[Criterion], metrics: Mapping[str, object],
+             tiers: Iterable[str] = ()) -> list[Outcome]:
     """Judge each criterion. A metric the scenario did not produce (e.g. nvme figures in a
-    cpu-only scenario) or a NaN is "n/a", not a failure: a profile applies to every scenario."""
+    cpu-only scenario) or a NaN is "n/a", not a failure: a profile applies to every scenario.
+
+    But a criterion the user set on a tier the scenario has (``tiers``) fails when nothing was
+    measured for it: a gate on nvme reads must not pass because no read happened.
+    """
+    tiers = set(tiers)
     out = []
     for c in criteria:
         measured = _as_number(metrics.get(c.metric))
         if measured is None:
-            out.append(Outcome(c, None, "n/a"))
+            user_gate = not c.source.startswith("profile") and c.metric.split(".")[0] in tiers
+            out.append(Outcome(c, None, "fail" if user_gate else "n/a"))
         else:
             out.append(Outcome(c, measured, "pass" if c.check(measured) else "fail"))
     return out
@@ -364,6 +371,7 @@ PROFILES: dict[str, list[str]] = {
         "cpu.read.p95<=150ms",
         "cpu.write.p95<=150ms",
         "cache.hit_rate>=30%",
+        "requests.completed>=1",  # a window in which nothing finished measured nothing
     ],
     "throughput": [
         # A floor, not a target: one datacenter NVMe drive sustains several GB/s, many times

@@ -196,7 +196,7 @@ def _result(prov, settings, model, trace, criteria, recorder, cache, runner, dev
         counters["write_ratio"] = round(counters["write_bytes"] / app_write, 4) if app_write else None
     return ScenarioResult(
         name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
-        metrics=flat, summary=summary, outcomes=evaluate(criteria, flat),
+        metrics=flat, summary=summary, outcomes=evaluate(criteria, flat, prov.tier_names),
         invariant_problems=problems, errors=list(info.errors),
         backends=[b.describe() for b in prov.backends], occupancy=occupancy,
         device_counters=counters,

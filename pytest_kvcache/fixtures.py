@@ -17,9 +17,11 @@ from .backends.gpu import gpu_unavailable_reason
 from .bench import feed
 from .criteria import Criterion, merge
 from .engine import ScenarioInterrupted, provision, run_scenario
-from .errors import ConfigError
+from .errors import BackendError, ConfigError
+from .models import resolve_model
 from .result import ScenarioResult
 from .session import KVSession
+from .settings import validate_changes
 from .tiers import TIER_CONFIGS
 
 SESSION_KEY = pytest.StashKey[KVSession]()
@@ -60,7 +62,10 @@ def scenario_settings(config, name: str):
     settings = session.settings
     for changes in config.hook.pytest_kvcache_adjust_settings(settings=settings, scenario=name):
         if changes:
-            settings = settings.replace(**changes)
+            try:
+                settings = settings.replace(**validate_changes(changes, "pytest_kvcache_adjust_settings"))
+            except ConfigError as exc:
+                pytest.fail(str(exc), pytrace=False)
     return settings
 
 
@@ -77,7 +82,7 @@ def kv_tiers(request, kv_session):
             pytest.skip(f"{name}: {reason}")
     try:
         prov = provision(config, scenario_settings(request.config, name), kv_session.registry)
-    except ConfigError as exc:
+    except (ConfigError, BackendError) as exc:
         pytest.fail(str(exc), pytrace=False)
     kv_session.open_tiers.append(prov)
     yield prov
@@ -141,10 +146,14 @@ def kv_run(request, kv_session):
                 extra += [Criterion.parse(text, "marker") for text in marker.args]
             except ConfigError as exc:
                 pytest.fail(f"bad kv_criteria marker on {request.node.nodeid}: {exc}", pytrace=False)
-        criteria = merge(kv_session.criteria, extra)
+        try:
+            criteria = merge(kv_session.criteria_for(settings), extra)  # a hook may change them
+            model = resolve_model(settings.model, settings.models)
+        except ConfigError as exc:
+            pytest.fail(str(exc), pytrace=False)
         progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
         try:
-            result = run_scenario(prov, settings, kv_session.model, kv_session.trace_for(settings), criteria,
+            result = run_scenario(prov, settings, model, kv_session.trace_for(settings), criteria,
                                   on_tick=progress)
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True

@@ -103,6 +103,8 @@ def load_models_yaml(path: str | Path) -> dict[str, ModelSpec]:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read model file {path}: {exc.strerror}; pass an existing YAML file.") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"model file {path} is not a text file; pass a YAML file.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"model file {path} is not valid YAML ({exc}); fix its syntax.") from exc
     if isinstance(raw, dict) and "models" in raw:

@@ -97,7 +97,8 @@ class Recorder:
         self.window: dict[tuple[str, str], OpTotals] = {}
         self.total: dict[tuple[str, str], list[int]] = {}  # (tier, op) -> [count, bytes] whole run
         self.requests: dict[str, Series] = {}
-        self.counters: dict[str, int] = {}
+        self.counters: dict[str, int] = {}  # inside the window (requests, tokens)
+        self.run_counters: dict[str, int] = {}  # the whole run, warm-up and drain included
         self.lookups: dict[str, list[int]] = {}  # kind -> [hits, misses] inside the window
         self.timeline_step_ns = int(timeline_step_s * 1e9)
         self.timeline: dict[str, list[int]] = {}  # tier -> bytes completed per step of the window
@@ -178,8 +179,9 @@ class Recorder:
             self.occupancy.append((round(t, 3), dict(used)))
 
     def count(self, name: str, n: int = 1) -> None:
+        """A whole-run event count (demotions, evictions, full tiers, drops)."""
         with self._lock:
-            self.counters[name] = self.counters.get(name, 0) + n
+            self.run_counters[name] = self.run_counters.get(name, 0) + n
 
     def error(self, message: str) -> None:
         with self._lock:

@@ -20,7 +20,8 @@ from .recorder import Recorder
 from .workload import ConversationLayout, Request, Trace
 
 SECONDS_PER_TOKEN = {"none": 0.0, "fast": 0.002, "realistic": 0.030}
-REFERENCE_REREAD_TOKENS = 32  # MLPerf reference: re-read the whole entry every 32 decoded tokens
+REFERENCE_REREAD_TOKENS = 32
+_DRAIN_TIMEOUT_S = 300.0  # MLPerf reference: re-read the whole entry every 32 decoded tokens
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Runner:
         self._lock = threading.Lock()
         self._active_users = 0
         self._live_tokens = 0
+        self._ended = threading.Event()  # the last user finished, or one failed
+        self._ended_ns: int | None = None
 
     # -- one request ------------------------------------------------------------------
     def _load(self, layout: ConversationLayout, kind: str) -> None:
@@ -92,7 +95,8 @@ class Runner:
             self._store(layout, req.context_tokens)  # step 3: prefill of the new context
             storage_ns = time.perf_counter_ns() - start_ns
             ttft_ns = time.perf_counter_ns() - submit_ns + int(self.per_token_s * 1e9)
-            gen_ns = self._decode(req, layout)  # step 4
+            gen_ns, reread_ns = self._decode(req, layout)  # step 4
+            storage_ns += reread_ns
             t = time.perf_counter_ns()
             self._store(layout, req.generate_tokens)  # step 5: keep the answer for the next turn
             storage_ns += time.perf_counter_ns() - t
@@ -104,19 +108,23 @@ class Runner:
             {"requests": 1, "generated_tokens": req.generate_tokens, "context_tokens": req.context_tokens},
         )
 
-    def _decode(self, req: Request, layout: ConversationLayout) -> int:
+    def _decode(self, req: Request, layout: ConversationLayout) -> tuple[int, int]:
+        """Pace generation; returns (generation ns, ns spent re-reading KV in the reference model)."""
         t0 = time.perf_counter_ns()
+        reread = 0
         if self.config.read_model == "reference":
             left = req.generate_tokens
             while left > 0 and not self._stop.is_set():
                 step = min(REFERENCE_REREAD_TOKENS, left)
                 self._stop.wait(step * self.per_token_s)
+                t = time.perf_counter_ns()
                 self._load(layout, "decode")
+                reread += time.perf_counter_ns() - t
                 left -= step
         elif self.per_token_s:
             # after the window closes the pacing no longer matters: drain without waiting
             self._stop.wait(req.generate_tokens * self.per_token_s)
-        return time.perf_counter_ns() - t0
+        return time.perf_counter_ns() - t0 - reread, reread
 
     # -- users ------------------------------------------------------------------------
     def _user(self, requests: list[Request]) -> None:
@@ -143,9 +151,19 @@ class Runner:
             with self._lock:
                 self.info.errors.append(message)
             self._stop.set()
+            self._end_now()
         finally:
             with self._lock:
                 self._active_users -= 1
+                last = self._active_users == 0
+            if last:
+                self._end_now()
+
+    def _end_now(self) -> None:
+        with self._lock:
+            if self._ended_ns is None:
+                self._ended_ns = time.perf_counter_ns()
+        self._ended.set()
 
     def active_users(self) -> int:
         with self._lock:
@@ -172,21 +190,29 @@ class Runner:
                     for hook in self.window_hooks:
                         hook.start()
                     opened = True
-                if now >= deadline or self.active_users() == 0 or self._stop.is_set():
+                if now >= deadline or self._ended.is_set():
                     break
                 if self.on_tick:
                     self.on_tick(self, (now - t0) / 1e9)
                 wake = deadline if opened else warm_end  # wake for the window's start, then its end
-                time.sleep(min(0.25, max(0.001, (wake - now) / 1e9)))
+                self._ended.wait(min(0.25, max(0.001, (wake - now) / 1e9)))
             if not opened:  # everything ended before the warm-up did: an empty window
                 self.recorder.open_window()
-            self.recorder.close_window()
+            # close at the moment the run really ended, not at the next poll: idle time after
+            # the last I/O must not dilute the window's rates
+            ended = self._ended_ns if opened else None
+            self.recorder.close_window(max(warm_end, min(ended, deadline)) if ended is not None else None)
             for hook in self.window_hooks:
                 hook.stop()
             self.info.trace_exhausted = self.active_users() == 0 and not self.info.errors
             self._stop.set()
             for th in threads:
-                th.join()
+                th.join(timeout=_DRAIN_TIMEOUT_S)
+            if any(th.is_alive() for th in threads):  # stuck in the drain: stop waiting for it
+                self.info.errors.append(f"users still busy {_DRAIN_TIMEOUT_S:g} s after the window closed")
+                self._abort.set()
+                for th in threads:
+                    th.join(timeout=30)
         except BaseException:
             self.info.aborted = True
             self._abort.set()

@@ -21,10 +21,7 @@ class KVSession:
         self.registry = registry
         self.report_path = report_path
         self.model: ModelSpec = resolve_model(settings.model, settings.models)
-        self.criteria: list[Criterion] = merge(
-            profile_criteria(settings.profile),
-            [Criterion.parse(t, settings.threshold_source) for t in settings.threshold]
-            + ([Criterion.parse("verify.mismatches==0", "verify")] if settings.verify else []))
+        self.criteria: list[Criterion] = self.criteria_for(settings)
         self.results: list[ScenarioResult] = []
         self.interrupted = False
         self.open_tiers: list = []  # provisioned and not yet closed: closed at session end
@@ -38,6 +35,13 @@ class KVSession:
                 "kv_cache_dir": str(s.cache_root), "kv_seed": s.seed, "kv_users": s.users,
                 "kv_duration_s": s.duration, "kv_generation_mode": s.generation_mode,
                 "kv_chunk_tokens": s.chunk_tokens, "kv_profile": s.profile}
+
+    @staticmethod
+    def criteria_for(settings: Settings) -> list[Criterion]:
+        """Profile defaults, the user's thresholds and, with --kv-verify, zero mismatches."""
+        return merge(profile_criteria(settings.profile),
+                     [Criterion.parse(t, settings.threshold_source) for t in settings.threshold]
+                     + ([Criterion.parse("verify.mismatches==0", "verify")] if settings.verify else []))
 
     def trace_for(self, settings: Settings) -> Trace:
         params = WorkloadParams(seed=settings.seed, users=settings.users,

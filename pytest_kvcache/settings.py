@@ -179,6 +179,8 @@ def load_yaml_config(path: str | Path) -> dict:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read --kv-config {path}: {exc.strerror}; pass an existing YAML file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--kv-config {path} is not a text file; pass a YAML file.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--kv-config {path} is not valid YAML; fix its syntax: {exc}") from None
     if raw is None:
@@ -237,8 +239,22 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
         models.update(load_models_yaml(values["model"]))
         values["model"] = next(iter(models)) if len(models) == 1 else values["model"]
     resolve_model(values["model"], models)  # unknown model -> ConfigError listing the known ones
+    if values["report"] and str(values["report"]).endswith(".csv"):
+        raise ConfigError("--kv-report names the JSON report (a CSV is written beside it); give it a .json name.")
     if values["io_block_mb"] < 0.004:
         raise ConfigError("--kv-io-block-mb must be at least 0.004 (one 4 KiB block).")
     label = {"command line": "cli", "environment": "env", "--kv-config": "yaml"}
     source = sources["threshold"]
     return Settings(**values, models=models, threshold_source=label.get(source, "ini" if source.startswith("ini") else source))
+
+
+def validate_changes(changes: dict, source: str) -> dict:
+    """Check per-scenario setting changes (from a hook) as strictly as the command line."""
+    out = {}
+    for name, value in changes.items():
+        opt = OPTION_BY_NAME.get(name)
+        if opt is None or name in ("config", "report"):
+            raise ConfigError(f"{source}: {name!r} is not a setting a scenario can change; "
+                              f"use one of {', '.join(n for n in OPTION_BY_NAME if n not in ('config', 'report'))}.")
+        out[name] = _convert(opt, value, source)
+    return out

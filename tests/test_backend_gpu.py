@@ -185,7 +185,7 @@ def test_a_full_gpu_falls_through_to_the_next_tier(torch):
     cache = MultiTierCache([gpu, cpu], rec, bytes_per_token=1)
     assert cache.put("a", SIZE) == "gpu"
     assert cache.put("b", SIZE) == "cpu"
-    assert rec.counters["full.gpu"] == 1
+    assert rec.run_counters["full.gpu"] == 1
     assert gpu.stored_keys() == {"a"} and cpu.stored_keys() == {"b"}
     assert [t.used for t in cache.tiers] == [SIZE, SIZE]  # the failed reservation was returned
     assert cache.read("b", "prefix") == "cpu"

@@ -63,7 +63,7 @@ def test_entry_too_big_for_every_tier_is_dropped(ctx):
     cache, rec = make_cache(ctx, 1000, 2000)
     assert cache.put("huge", 161) is None  # 1610 B > 1600 B high-water of the last tier
     assert cache.dropped == 1
-    assert rec.counters["entries_dropped"] == 1
+    assert rec.run_counters["entries_dropped"] == 1
     assert not cache.contains("huge")
     assert rec.total == {}
     assert cache.read("huge", "multi_turn") is None
@@ -84,7 +84,7 @@ def test_filling_tier0_demotes_lru_entries_to_tier1(ctx):
     assert total(rec, "cpu", "demote_write") == 1
     assert total(rec, "gpu", "delete") == 1
     assert rec.total[("cpu", "demote_write")][1] == 100
-    assert rec.counters["demotions.gpu"] == 1
+    assert rec.run_counters["demotions.gpu"] == 1
     assert cache.tiers[0].used == 800 and cache.tiers[1].used == 100
     assert cache.check_invariants() == []
 
@@ -108,7 +108,7 @@ def test_last_tier_evicts(ctx):
     # 9 entries, room for 8: the oldest left the cache through an eviction of the last tier
     assert not cache.contains("k0")
     assert total(rec, "cpu", "evict") == 1
-    assert rec.counters["evictions.cpu"] == 1
+    assert rec.run_counters["evictions.cpu"] == 1
     assert [t.occupancy()["entries"] for t in cache.tiers] == [4, 4]
     assert cache.read("k0", "multi_turn") is None
     assert cache.check_invariants() == []

@@ -189,6 +189,7 @@ def test_profiles():
         "cpu.read.p95 <= 150ms",
         "cpu.write.p95 <= 150ms",
         "cache.hit_rate >= 30%",
+        "requests.completed >= 1",
     ]
     assert {c.source for c in lat} == {"profile:latency"}
     thr = {c.metric: c for c in profile_criteria("throughput")}
@@ -256,3 +257,10 @@ def test_render_table():
     fail_line = next(line for line in table.splitlines() if "nvme.read.p95" in line)
     assert "FAIL" in fail_line
     assert isinstance(out[0], Outcome)
+
+
+def test_a_user_gate_on_a_tier_the_scenario_has_fails_when_nothing_was_measured():
+    gate = Criterion.parse("nvme.read.p95<=200ms", "cli")
+    profile = Criterion.parse("nvme.read.p95<=200ms", "profile:latency")
+    assert [o.status for o in evaluate([gate, profile], {}, tiers=["cpu", "nvme"])] == ["fail", "n/a"]
+    assert [o.status for o in evaluate([gate], {}, tiers=["cpu"])] == ["n/a"]

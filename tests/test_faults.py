@@ -16,7 +16,7 @@ from pytest_kvcache.backends.mock import MockBackend
 from pytest_kvcache.cache import MultiTierCache
 from pytest_kvcache.criteria import profile_criteria
 from pytest_kvcache.engine import check_cache_dir, make_run_dir, provision, run_scenario
-from pytest_kvcache.errors import ConfigError
+from pytest_kvcache.errors import BackendError, ConfigError
 from pytest_kvcache.models import resolve_model
 from pytest_kvcache.payload import NoiseSource, StagingBuffers, Verifier
 from pytest_kvcache.recorder import Recorder
@@ -45,7 +45,7 @@ def test_full_fast_tier_falls_through_to_the_next(tmp_path):
     cache, rec = cache_over(gpu, cpu)
     assert cache.put("a", 8) == "gpu"
     assert cache.put("b", 8) == "cpu"  # the GPU said out of memory: the next tier takes it
-    assert rec.counters["full.gpu"] == 1 and rec.error_count == 1
+    assert rec.run_counters["full.gpu"] == 1 and rec.error_count == 1
     assert cache.check_invariants() == []
 
 
@@ -211,3 +211,60 @@ def test_interrupt_keeps_the_partial_report_and_removes_files(pytester, tmp_path
     assert data["scenarios"][0]["status"] == "interrupted"
     assert data["scenarios"][0]["summary"]["total_requests"] >= 0
     assert list(cache_dir.iterdir()) == []
+
+
+class _Exploding(MockBackend):
+    """A plugin backend whose writes fail with a non-BackendError (a bug, a driver error)."""
+
+    def write(self, key, nbytes):
+        raise OSError(5, "device gone")
+
+
+def test_failed_demotion_never_leaves_an_entry_moving():
+    import threading
+
+    c = ctx()
+    gpu = MockBackend(TierSpec("gpu", "mock", 10 * 1024), c)  # high water 8 KiB: two 4 KiB entries
+    cpu = MockBackend(TierSpec("cpu", "mock", 10 * 1024), c)
+    nvme = _Exploding(TierSpec("nvme", "mock", 1 << 20), c)
+    cache, _ = cache_over(gpu, cpu, nvme)
+    for key in ("a", "b", "c", "d"):
+        cache.put(key, 4)  # a, b demoted to cpu; gpu holds c, d
+    with pytest.raises(OSError):
+        cache.put("e", 4)  # gpu -> cpu needs cpu -> nvme, whose write explodes
+    assert cache.check_invariants() == []
+    done = []
+    reader = threading.Thread(target=lambda: done.append([cache.read(k, "multi_turn") for k in "abcd"]))
+    reader.start()
+    reader.join(timeout=5)
+    assert done, "a read blocked on an entry left 'moving'"
+
+
+def test_broken_entry_is_removed_once_by_its_last_reader():
+    import threading
+
+    c = ctx()
+    gate = threading.Event()
+
+    class Slow(MockBackend):
+        fail = True
+
+        def read(self, key, nbytes):
+            gate.wait(2)
+            if Slow.fail:
+                Slow.fail = False
+                raise BackendError("injected")
+            return super().read(key, nbytes)
+
+    cache, rec = cache_over(Slow(TierSpec("cpu", "mock", 1 << 20), c))
+    cache.put("p", 4)
+    results = []
+    readers = [threading.Thread(target=lambda: results.append(cache.read("p", "prefix"))) for _ in range(2)]
+    for t in readers:
+        t.start()
+    gate.set()
+    for t in readers:
+        t.join(timeout=5)
+    assert sorted(map(str, results)) == ["None", "cpu"]
+    assert not cache.contains("p") and rec.error_count == 1
+    assert cache.check_invariants() == []

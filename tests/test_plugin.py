@@ -90,6 +90,7 @@ def test_ini_settings_and_thresholds(pytester, cache_dir):
         (["--kv-threshold", "nvme.read.p95<=2parsecs"], "unit"),
         (["--kv-profile", "fastest"], "--kv-profile (command line) must be one of latency, throughput, none"),
         (["--kv-nvme-capacity-gb", "1e9"], "free"),
+        (["--kv-report", "out.csv"], "give it a .json name"),
     ],
 )
 def test_bad_input_is_a_usage_error(pytester, cache_dir, args, needle):
@@ -232,3 +233,10 @@ def test_warns_when_rootdir_is_filesystem_root(pytester):
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = pytester.runpytest("--rootdir=/", "-p", "no:cacheprovider", "-W", "default")
     result.stdout.fnmatch_lines(["*rootdir is '/'*--kv-cache-dir=PATH*"])
+
+
+def test_hook_changes_are_validated(pytester, cache_dir):
+    pytester.makeconftest("def pytest_kvcache_adjust_settings(settings, scenario):\n    return {'users': -1}\n")
+    result = run(pytester, cache_dir, configs=["cpu-only"])
+    result.stdout.fnmatch_lines(["*--kv-users (pytest_kvcache_adjust_settings) must be at least 1*"])
+    assert result.ret != 0 and "Traceback" not in result.stdout.str()

@@ -124,7 +124,7 @@ def test_plain_counters_and_errors_count_always():
     rec = Recorder()
     rec.count("evictions.nvme")
     rec.count("evictions.nvme", 2)
-    assert rec.counters == {"evictions.nvme": 3}
+    assert rec.run_counters == {"evictions.nvme": 3}
     for i in range(30):
         rec.error(f"e{i}")
     assert rec.error_count == 30

@@ -66,7 +66,7 @@ class FileBackend(Backend):
         }
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}  # key -> padded bytes on disk
-        self._created: dict[str, str] = {}  # file name -> key, for every file we ever made
+        self._created: dict[str, str] = {}  # file name -> key, for every file of ours on disk
 
     def footprint(self, nbytes: int) -> int:
         return -(-nbytes // BLOCK) * BLOCK
@@ -132,6 +132,7 @@ class FileBackend(Backend):
             pass
         with self._lock:
             self._sizes.pop(key, None)
+            self._created.pop(os.path.basename(path), None)
 
     def read(self, key: str, nbytes: int) -> IOResult:
         padded = self.footprint(nbytes)
@@ -189,6 +190,7 @@ class FileBackend(Backend):
             raise BackendError(f"delete of {key!r}: cannot remove {path}: {e}") from e
         with self._lock:
             self._sizes.pop(key, None)
+            self._created.pop(os.path.basename(path), None)  # bounded by what is on disk
         return IOResult(nbytes=size, end_ns=end, dur_ns=end - t)
 
     def stored_keys(self) -> set[str]:
