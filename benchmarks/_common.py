@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,6 +98,22 @@ def interleave(sides: dict[str, Callable[[int], float | dict]], reps: int) -> di
         for name, fn in sides.items():
             out[name].append(fn(rep))
     return out
+
+
+def release_together(work: Callable, args: Sequence[tuple]) -> int:
+    """One thread per ``args``; ``work(gate, *a)`` calls ``gate.wait()`` once when ready.
+
+    Returns the nanoseconds from the moment all threads pass the gate until the last ends.
+    """
+    gate = threading.Barrier(len(args) + 1)
+    workers = [threading.Thread(target=work, args=(gate, *a)) for a in args]
+    for w in workers:
+        w.start()
+    gate.wait()
+    t0 = time.perf_counter_ns()
+    for w in workers:
+        w.join()
+    return time.perf_counter_ns() - t0
 
 
 def cpu_times() -> tuple[float, float]:

@@ -19,7 +19,6 @@ Target: <= 0.3 CPU-s per GiB.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import _common as C
@@ -84,23 +83,15 @@ def bare_loop(ctx, n: int, nbytes: int, threads: int = 1, latency_s: float = 0.0
         for key in mine:
             backend.write(key, nbytes)
     write, read = backend.write, backend.read
-    gate = threading.Barrier(threads + 1)
 
-    def work(mine: list[str]) -> None:
+    def work(gate, mine: list[str]) -> None:
         gate.wait()
         for i in range(per_thread):
             key = mine[i & 1023]
             write(key, nbytes)
             read(key, nbytes)
 
-    workers = [threading.Thread(target=work, args=(mine,)) for mine in keys]
-    for w in workers:
-        w.start()
-    gate.wait()
-    t0 = time.perf_counter_ns()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter_ns() - t0
+    wall = C.release_together(work, [(mine,) for mine in keys])
     ops = 2 * per_thread * threads
     return {"ops": ops, "us_per_op": wall / 1e3 / ops}
 

@@ -22,7 +22,6 @@ Target (issue 3): ours >= 0.9x fio for read and write at the same block size and
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import _common as C
@@ -42,11 +41,10 @@ def batch(threads: int, count: int, setup, op) -> dict:
     ``setup(t)`` runs in each thread before the release (outside the clock). ``op`` returns
     (bytes moved, ns spent inside the I/O calls).
     """
-    gate = threading.Barrier(threads + 1)
     inner, moved = [0] * threads, [0] * threads
     errors: list[BaseException] = []
 
-    def work(t: int) -> None:
+    def work(gate, t: int) -> None:
         try:
             setup(t)
         finally:
@@ -59,14 +57,7 @@ def batch(threads: int, count: int, setup, op) -> dict:
         except BaseException as exc:  # reported after the batch
             errors.append(exc)
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    gate.wait()
-    t0 = time.perf_counter_ns()
-    for w in workers:
-        w.join()
-    wall = (time.perf_counter_ns() - t0) / 1e9
+    wall = C.release_together(work, [(t,) for t in range(threads)]) / 1e9
     if errors:
         raise errors[0]
     return {"bytes": sum(moved), "seconds": wall, "gbps": sum(moved) / wall / 1e9,
