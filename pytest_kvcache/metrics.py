@@ -113,6 +113,8 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
         "tiers": per_tier,
         "counters": dict(sorted(counters.items())),
         "run_counters": dict(sorted(recorder.run_counters.items())),
+        # every I/O of the run, warm-up and drain included (the window's figures are in tiers)
+        "run_io": {f"{tier}.{op}": {"count": c, "bytes": b} for (tier, op), (c, b) in sorted(recorder.total.items())},
         "errors": {"count": recorder.error_count, "first": list(recorder.errors)},
         "timeline_step_s": recorder.timeline_step_ns / 1e9,
         "timeline_bytes": {t: list(v) for t, v in recorder.timeline.items()},

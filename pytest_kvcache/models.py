@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .errors import ConfigError
+from .yamlfile import read_yaml
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "fp8": 1, "int8": 1}
 
@@ -98,15 +97,7 @@ def model_from_dict(name: str, raw: dict, source: str = "model YAML") -> ModelSp
 
 def load_models_yaml(path: str | Path) -> dict[str, ModelSpec]:
     """Read ``{models: {name: {layers: .., kv_heads: .., head_dim: ..}}}`` (or the bare mapping)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read model file {path}: {exc.strerror}; pass an existing YAML file.") from exc
-    except UnicodeDecodeError:
-        raise ConfigError(f"model file {path} is not a text file; pass a YAML file.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"model file {path} is not valid YAML ({exc}); fix its syntax.") from exc
+    raw = read_yaml(path, "model file")
     if isinstance(raw, dict) and "models" in raw:
         raw = raw["models"]
     if not isinstance(raw, dict):

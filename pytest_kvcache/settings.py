@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
+from .yamlfile import read_yaml
 
 GENERATION_MODES = ("none", "fast", "realistic")
 READ_MODELS = ("once", "reference")
@@ -174,15 +173,7 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
 
 def load_yaml_config(path: str | Path) -> dict:
     """Read a settings YAML: option names as keys (``-`` or ``_``), plus an optional ``models:``."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read --kv-config {path}: {exc.strerror}; pass an existing YAML file.") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--kv-config {path} is not a text file; pass a YAML file.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--kv-config {path} is not valid YAML; fix its syntax: {exc}") from None
+    raw = read_yaml(path, "--kv-config")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
