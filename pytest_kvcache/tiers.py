@@ -55,6 +55,8 @@ def tier_specs(config: TierConfig, settings: Settings) -> list[TierSpec]:
             specs.append(TierSpec("cpu", "cpu", int(settings.cpu_mem_gb * GB)))
         elif tier == "nvme":
             options = {} if settings.file_io_mode == "auto" else {"io_mode": settings.file_io_mode}
+            if settings.nvme_backend == "file":
+                options["recycle"] = settings.file_recycle == "on"
             specs.append(TierSpec("nvme", settings.nvme_backend, nvme_capacity(settings), options))
         else:
             raise ValueError(f"unknown tier {tier!r}")

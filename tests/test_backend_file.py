@@ -1,10 +1,11 @@
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
 from pytest_kvcache.backends.base import BackendContext, TierSpec
-from pytest_kvcache.backends.file import FileBackend, file_name
+from pytest_kvcache.backends.file import FileBackend
 from pytest_kvcache.errors import BackendError, ConfigError
 from pytest_kvcache.payload import NoiseSource, StagingBuffers
 
@@ -28,7 +29,8 @@ def test_round_trip_padding_content_and_mode(tmp_path, mode):
     w = be.write("L0/c1", 10000)
     assert w.nbytes == 12288 == be.footprint(10000)
     assert w.dur_ns > 0 and w.end_ns > 0
-    path = tmp_path / file_name("L0/c1")
+    path = Path(be.path_of("L0/c1"))
+    assert path.parent == tmp_path
     assert path.stat().st_size == 12288
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with open(path, "rb") as f:
@@ -39,14 +41,14 @@ def test_round_trip_padding_content_and_mode(tmp_path, mode):
     assert be.stored_keys() == {"L0/c1"}
     d = be.delete("L0/c1")
     assert d.nbytes == 12288
-    assert not path.exists() and be.stored_keys() == set()
+    assert be.path_of("L0/c1") is None and be.stored_keys() == set()
     be.close()
 
 
 def test_multi_segment(tmp_path):
     be = make(tmp_path, block=8192)
     assert be.write("big", 20000).nbytes == 20480
-    data = (tmp_path / file_name("big")).read_bytes()
+    data = Path(be.path_of("big")).read_bytes()
     assert data == expected(be.ctx.noise, "big", 20480, 8192)
     assert be.read("big", 20000).nbytes == 20480
     assert bytes(be.ctx.staging.get()[:4096]) == data[16384:]  # last segment landed last
@@ -60,7 +62,7 @@ def test_sanitized_names_stay_in_run_dir(tmp_path):
     keys = ["../escape", "/abs/path", "a b", "..", "a_b", "a b/"]
     for k in keys:
         be.write(k, 4096)
-    assert len({file_name(k) for k in keys}) == len(keys)
+    assert len({be.path_of(k) for k in keys}) == len(keys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert len(list(run.iterdir())) == len(keys)
     assert be.stored_keys() == set(keys)
@@ -83,7 +85,7 @@ def test_stored_keys_reflects_disk(tmp_path):
     be = make(tmp_path)
     be.write("a", 4096)
     be.write("b", 4096)
-    os.unlink(tmp_path / file_name("a"))
+    os.unlink(be.path_of("a"))
     assert be.stored_keys() == {"b"}
     be.close()
 
@@ -116,3 +118,65 @@ def test_describe_and_bad_option(tmp_path):
     assert d["io_mode"] in ("direct", "buffered") and d["free_bytes"] > 0
     with pytest.raises(ConfigError):
         make(tmp_path, io_mode="fast")
+
+
+def test_freed_files_are_overwritten_in_place_by_the_next_writes(tmp_path):
+    be = make(tmp_path)
+    for key, size in (("a", 8192), ("b", 16384), ("c", 4096)):
+        be.write(key, size)
+    paths = {k: Path(be.path_of(k)) for k in "abc"}
+    inodes = {k: p.stat().st_ino for k, p in paths.items()}
+    for k in "abc":
+        assert be.delete(k).nbytes == paths[k].stat().st_size
+    assert be.path_of("a") is None and be.stored_keys() == set()
+    assert all(p.exists() for p in paths.values()) and be.describe()["spare_files"] == 3
+    # the same size first, then the nearest larger one cut to size, then the largest, extended
+    for key, size, slot in (("x", 8000, "a"), ("y", 12288, "b"), ("z", 20480, "c")):
+        be.write(key, size)
+        path = Path(be.path_of(key))
+        padded = be.footprint(size)
+        assert path == paths[slot] and path.stat().st_ino == inodes[slot]
+        assert path.read_bytes() == expected(be.ctx.noise, key, padded, be.ctx.staging.block)
+        assert be.read(key, size).nbytes == padded
+    d = be.describe()
+    assert (d["recycle"], d["files_created"], d["files_recycled"], d["spare_files"]) == (True, 3, 3, 0)
+    be.write("new", 4096)  # no spare left: a new file
+    assert be.describe()["files_created"] == 4
+    be.delete("x")
+    paths["a"].unlink()  # a spare that vanished is made again when it is reused
+    be.write("again", 8192)
+    assert be.read("again", 8192).nbytes == 8192
+    with pytest.raises(BackendError, match="already stored"):
+        be.write("again", 8192)
+    be.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spares_never_take_the_tier_over_its_capacity(tmp_path):
+    ctx = BackendContext(noise=NoiseSource(seed=1, size=1 << 20), staging=StagingBuffers(1 << 20),
+                         run_dir=tmp_path)
+    be = FileBackend(TierSpec("nvme", "file", 6 * 4096), ctx)
+    for k in ("a", "b", "c"):
+        be.write(k, 4096)
+    be.write("d", 3 * 4096)
+    for k in ("a", "b", "c", "d"):
+        be.delete(k)  # 6 pages of spares: the whole capacity
+    assert be.describe()["spare_files"] == 4 and len(list(tmp_path.iterdir())) == 4
+    be.write("e", 4 * 4096)  # extends the 3-page spare by one: the largest other spare must go
+    be.write("f", 4096)
+    on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert on_disk == 6 * 4096 and be.describe()["spare_files"] == 1 and len(list(tmp_path.iterdir())) == 3
+    be.close()
+
+
+def test_recycling_off_unlinks_on_delete(tmp_path):
+    be = make(tmp_path, recycle=False)
+    be.write("a", 4096)
+    path = be.path_of("a")
+    be.delete("a")
+    assert not os.path.exists(path)
+    be.write("b", 4096)
+    assert len(list(tmp_path.iterdir())) == 1 and be.describe()["files_recycled"] == 0
+    be.close()
+    with pytest.raises(ConfigError, match="recycle"):
+        make(tmp_path, recycle="yes")

@@ -7,11 +7,12 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from pytest_kvcache.backends import BackendContext, TierSpec, default_registry
-from pytest_kvcache.backends.file import FileBackend, file_name
+from pytest_kvcache.backends.file import FileBackend
 from pytest_kvcache.backends.mock import MockBackend
 from pytest_kvcache.cache import MultiTierCache
 from pytest_kvcache.criteria import profile_criteria
@@ -79,7 +80,7 @@ def test_file_changed_behind_our_back_is_reported(tmp_path, damage):
     c = ctx(tmp_path)
     cache, rec = cache_over(FileBackend(TierSpec("nvme", "file", 1 << 30), c))
     cache.put("conv.k00000", 16)
-    path = tmp_path / file_name("conv.k00000")
+    path = Path(cache.tiers[0].backend.path_of("conv.k00000"))
     if damage == "delete":
         path.unlink()
     else:
@@ -87,6 +88,8 @@ def test_file_changed_behind_our_back_is_reported(tmp_path, damage):
     assert cache.read("conv.k00000", "multi_turn") is None
     assert rec.error_count >= 1
     assert cache.check_invariants() == []
+    assert cache.tiers[0].backend.stored_keys() == set()
+    cache.tiers[0].backend.close()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -95,7 +98,7 @@ def test_verify_catches_a_corrupted_byte(tmp_path):
     cache, _ = cache_over(FileBackend(TierSpec("nvme", "file", 1 << 30), c))
     cache.put("x", 64)
     cache.put("y", 64)
-    with open(tmp_path / file_name("x"), "r+b") as fh:
+    with open(cache.tiers[0].backend.path_of("x"), "r+b") as fh:
         fh.seek(5000)
         byte = fh.read(1)
         fh.seek(5000)

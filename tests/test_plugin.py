@@ -49,6 +49,7 @@ def test_scenarios_run_report_and_clean_up(pytester, cache_dir):
     for key in ("storage_throughput_tokens_per_sec", "cache_hit_rate", "end_to_end_latency_ms", "nvme_entries"):
         assert key in storage["summary"]
     assert storage["backends"][0]["io_mode"] in ("direct", "buffered")
+    assert storage["backends"][0]["recycle"] is True
     assert len(storage["trace"]["sha256"]) == 64
     assert storage["settings"]["seed"] == 42
     assert "device_counters" in storage

@@ -64,3 +64,16 @@ def test_custom_models_from_yaml(tmp_path):
     path.write_text("models:\n  typo: {layerz: 4}\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         load_models_yaml(path)
+
+
+@pytest.mark.parametrize("value, recycle", [("on", True), ("off", False)])
+def test_file_recycle_reaches_the_file_tier_only(value, recycle):
+    from pytest_kvcache.tiers import TIER_CONFIGS, tier_specs
+
+    s = build_settings({"file_recycle": value, "nvme_capacity_gb": "1"}, {}, {})
+    specs = {spec.tier: spec for spec in tier_specs(TIER_CONFIGS["cpu+storage"], s)}
+    assert specs["nvme"].options == {"recycle": recycle} and specs["cpu"].options == {}
+    mock = tier_specs(TIER_CONFIGS["storage-only"], s.replace(nvme_backend="mock"))
+    assert mock[0].options == {}
+    with pytest.raises(ConfigError, match="on, off"):
+        build_settings({"file_recycle": "maybe"}, {}, {})

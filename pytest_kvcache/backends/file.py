@@ -5,12 +5,23 @@ buffers (no allocation or first-touch faults in the timed region), O_DIRECT when
 really bypasses the page cache, otherwise fsync on write and ``POSIX_FADV_DONTNEED`` before every
 read so the page cache cannot serve it. Only the system calls that do I/O are timed; payload
 preparation is not. The report says which mode ran and why.
+
+Recycling (on by default): files are slots. The backend maps each key to the file holding it;
+deleting an entry keeps its file as a spare, and the next write overwrites a spare in place (the
+same size if there is one, else the nearest larger one cut to size, else the largest, which the
+write extends), as a slab allocator reuses slots. Creating a file costs the file system far more
+than a small write (17 us to over 1 ms per create on ext4 after many deletes, and a rename still
+about 20 us; see docs/performance.md), so without this a tier that evicts, or rewrites the
+growing last chunk of a conversation, measures inode allocation instead of the drive. Every
+file of ours, spare or live, is the size of what it holds, and together they stay within the
+tier's capacity.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
-import hashlib
+import itertools
 import os
 import re
 import threading
@@ -23,12 +34,6 @@ from .base import Backend, BackendContext, IOResult, TierSpec
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MODES = ("direct", "buffered")
-
-
-def file_name(key: str) -> str:
-    """Safe, collision-free file name for ``key``: sanitized prefix + blake2b of the raw key."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-    return f"{_UNSAFE.sub('_', key)[:80]}-{digest}.kv"
 
 
 class FileBackend(Backend):
@@ -64,37 +69,60 @@ class FileBackend(Backend):
             "device_model": fsinfo.device_model(blockdev),
             "free_bytes": free,
         }
+        recycle = spec.options.get("recycle", True)
+        if not isinstance(recycle, bool):
+            raise ConfigError(f"recycle must be true or false, got {recycle!r}")
+        self.recycle = recycle
+        self._info["recycle"] = recycle
         self._lock = threading.Lock()
-        self._sizes: dict[str, int] = {}  # key -> padded bytes on disk
-        self._created: dict[str, str] = {}  # file name -> key, for every file of ours on disk
+        self._live: dict[str, tuple[str, int]] = {}  # key -> (its file's name, padded bytes)
+        self._names: dict[str, str] = {}  # file name -> key, for every live file (or being written)
+        self._spares: dict[int, list[str]] = {}  # file size -> freed files of ours kept for reuse
+        self._spare_sizes: list[int] = []  # the keys of _spares, sorted
+        self._disk_bytes = 0  # live + being written + spare: never above the capacity
+        self._serial = itertools.count()
+        self._files_created = 0
+        self._files_recycled = 0
 
     def footprint(self, nbytes: int) -> int:
         return -(-nbytes // BLOCK) * BLOCK
 
-    def _path(self, key: str) -> str:
-        return os.path.join(self.dir, file_name(key))
+    def path_of(self, key: str) -> str | None:
+        """The file holding ``key`` now, or None."""
+        slot = self._live.get(key)
+        return None if slot is None else os.path.join(self.dir, slot[0])
 
     def write(self, key: str, nbytes: int) -> IOResult:
         padded = self.footprint(nbytes)
-        path = self._path(key)
-        buf = self.ctx.staging.get()
-        block = self.ctx.staging.block
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if self.direct else 0)
+        staging = self.ctx.staging
+        block = staging.block
         with self._lock:
-            self._created[os.path.basename(path)] = key
+            if key in self._live:
+                raise BackendError(f"write of {key!r}: it is already stored; delete it first")
+            spare, spare_size, drop = self._claim(padded)
+            name = spare or f"{_UNSAFE.sub('_', key)[:80]}.{next(self._serial)}.kv"
+            self._names[name] = key
+        path = os.path.join(self.dir, name)
+        # a spare keeps its blocks (no O_TRUNC) and every byte of it up to ``padded`` is
+        # overwritten below, so nothing of the old entry survives; O_CREAT in case it vanished
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if self.direct else 0) | (0 if spare else os.O_TRUNC)
         dur = 0
         fd = -1
         try:
             t = time.perf_counter_ns()
+            for old in drop:  # make room on disk for a new file: part of this write's cost
+                os.unlink(os.path.join(self.dir, old))
             fd = os.open(path, flags, 0o600)
+            if spare_size is not None and spare_size > padded:
+                os.ftruncate(fd, padded)
             dur += time.perf_counter_ns() - t
             for off in range(0, padded, block):
                 n = min(block, padded - off)
-                self.ctx.noise.fill(buf[:n], key, off)
+                data = staging.payload(self.ctx.noise, key, off, n)
                 done = 0
                 while done < n:
                     t = time.perf_counter_ns()
-                    w = os.pwrite(fd, buf[done:n], off + done)
+                    w = os.pwrite(fd, data[done:], off + done)
                     dur += time.perf_counter_ns() - t
                     if w <= 0:
                         raise BackendError(f"write of {key!r} to {path} made no progress")
@@ -112,7 +140,7 @@ class FileBackend(Backend):
         except (OSError, BackendError) as e:
             if fd >= 0:
                 os.close(fd)
-            self._discard(key, path)
+            self._discard(name, padded)
             if isinstance(e, BackendError):
                 raise
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -121,22 +149,59 @@ class FileBackend(Backend):
                     "free space there or lower --kv-nvme-capacity-gb below the free space") from e
             raise BackendError(f"write of {key!r} ({padded} bytes) to {path} failed: {e}") from e
         with self._lock:
-            self._sizes[key] = padded
+            self._live[key] = (name, padded)
+            if spare is None:
+                self._files_created += 1
+            else:
+                self._files_recycled += 1
         return IOResult(nbytes=padded, end_ns=end, dur_ns=dur)
 
-    def _discard(self, key: str, path: str) -> None:
+    def _claim(self, padded: int) -> tuple[str | None, int | None, list[str]]:
+        """Under the lock: the spare to overwrite (the same size, else the nearest larger, else the
+        largest) and its size, or None for a new file; and the spares to remove so that all our
+        files stay within the capacity."""
+        spare = size = None
+        if self._spare_sizes:
+            i = bisect.bisect_left(self._spare_sizes, padded)
+            size = self._spare_sizes[min(i, len(self._spare_sizes) - 1)]
+            spare = self._pop_spare(size)
+        self._disk_bytes += padded - (size or 0)
+        drop = []
+        while self._spare_sizes and self._disk_bytes > self.capacity_bytes:
+            largest = self._spare_sizes[-1]
+            drop.append(self._pop_spare(largest))
+            self._disk_bytes -= largest
+        return spare, size, drop
+
+    def _pop_spare(self, size: int) -> str:
+        names = self._spares[size]
+        name = names.pop()
+        if not names:
+            del self._spares[size]
+            self._spare_sizes.remove(size)
+        return name
+
+    def _put_spare(self, size: int, name: str) -> None:
+        if size not in self._spares:
+            self._spares[size] = []
+            bisect.insort(self._spare_sizes, size)
+        self._spares[size].append(name)
+
+    def _discard(self, name: str, padded: int) -> None:
         """Remove a partly written file so disk and bookkeeping agree after a failed write."""
         try:
-            os.unlink(path)
+            os.unlink(os.path.join(self.dir, name))
         except FileNotFoundError:
             pass
         with self._lock:
-            self._sizes.pop(key, None)
-            self._created.pop(os.path.basename(path), None)
+            self._names.pop(name, None)
+            self._disk_bytes -= padded
 
     def read(self, key: str, nbytes: int) -> IOResult:
         padded = self.footprint(nbytes)
-        path = self._path(key)
+        path = self.path_of(key)
+        if path is None:
+            raise BackendError(f"read of {key!r}: not an entry of this backend")
         buf = self.ctx.staging.get()
         block = self.ctx.staging.block
         dur = 0
@@ -177,36 +242,48 @@ class FileBackend(Backend):
         return IOResult(nbytes=padded, end_ns=end, dur_ns=dur)
 
     def delete(self, key: str) -> IOResult:
-        path = self._path(key)
+        """Free ``key``'s file: kept as a spare (bookkeeping only, no system call), or unlinked."""
         with self._lock:
-            size = self._sizes.get(key)
-        if size is None:
-            raise BackendError(f"delete of {key!r}: not an entry of this backend ({path})")
-        try:
-            t = time.perf_counter_ns()
-            os.unlink(path)
-            end = time.perf_counter_ns()
-        except OSError as e:
-            raise BackendError(f"delete of {key!r}: cannot remove {path}: {e}") from e
-        with self._lock:
-            self._sizes.pop(key, None)
-            self._created.pop(os.path.basename(path), None)  # bounded by what is on disk
+            slot = self._live.pop(key, None)
+            if slot is None:
+                raise BackendError(f"delete of {key!r}: not an entry of this backend")
+            name, size = slot
+            del self._names[name]
+            if self.recycle:
+                self._put_spare(size, name)
+        t = time.perf_counter_ns()
+        if not self.recycle:
+            path = os.path.join(self.dir, name)
+            try:
+                os.unlink(path)
+            except OSError as e:
+                raise BackendError(f"delete of {key!r}: cannot remove {path}: {e}") from e
+            finally:
+                with self._lock:
+                    self._disk_bytes -= size
+        end = time.perf_counter_ns()
         return IOResult(nbytes=size, end_ns=end, dur_ns=end - t)
 
     def stored_keys(self) -> set[str]:
         with self._lock:
-            created = dict(self._created)
+            names = dict(self._names)
         with os.scandir(self.dir) as it:
-            return {created[e.name] for e in it if e.name in created}
+            return {names[e.name] for e in it if e.name in names}
 
     def describe(self) -> dict:
-        return {**super().describe(), **self._info}
+        with self._lock:
+            counts = {"files_created": self._files_created, "files_recycled": self._files_recycled,
+                      "spare_files": sum(len(v) for v in self._spares.values())}
+        return {**super().describe(), **self._info, **counts}
 
     def close(self) -> None:
         with self._lock:
-            names = list(self._created)
-            self._created.clear()
-            self._sizes.clear()
+            names = list(self._names) + [n for v in self._spares.values() for n in v]
+            self._names.clear()
+            self._live.clear()
+            self._spares.clear()
+            self._spare_sizes.clear()
+            self._disk_bytes = 0
         for name in names:
             try:
                 os.unlink(os.path.join(self.dir, name))
