@@ -128,16 +128,14 @@ class MultiTierCache:
         full: BackendFull | None = None
         for idx, tier in enumerate(self.tiers):
             fp = tier.backend.footprint(nbytes)
-            if fp > tier.high_water or not self._reserve(idx, fp):
+            if fp > tier.high_water:
                 continue
             entry = Entry(key, tokens, nbytes, fp, idx)
-            with self._cond:
-                if key in self._index:  # another thread stored this key meanwhile: replace it
-                    tier.used -= fp
-                    self._cond.notify_all()
-                    return _RETRY
-                self._index[key] = entry
-                tier.entries[key] = entry
+            reserved = self._reserve(idx, fp, entry)
+            if reserved is _RETRY:  # another thread stored this key meanwhile: replace it
+                return _RETRY
+            if not reserved:
+                continue
             try:
                 res = tier.backend.write(key, nbytes)
             except BaseException as exc:
@@ -175,15 +173,24 @@ class MultiTierCache:
             entry = self._index.get(key)
         return entry
 
-    def _reserve(self, idx: int, nbytes: int) -> bool:
-        """Claim ``nbytes`` in tier ``idx``, demoting or evicting its LRU entries as needed."""
+    def _reserve(self, idx: int, nbytes: int, entry: Entry | None = None):
+        """Claim ``nbytes`` in tier ``idx``, demoting or evicting its LRU entries as needed.
+
+        With ``entry`` (a new one), index it in the same critical section as the claim, or
+        return ``_RETRY`` without claiming if its key was stored meanwhile.
+        """
         tier = self.tiers[idx]
         deadline = time.monotonic() + _GIVE_UP_S
         while True:
             with self._cond:
+                if entry is not None and entry.key in self._index:
+                    return _RETRY
                 if tier.used + nbytes <= tier.high_water:
                     tier.used += nbytes
                     tier.peak = max(tier.peak, tier.used)
+                    if entry is not None:
+                        self._index[entry.key] = entry
+                        tier.entries[entry.key] = entry
                     return True
                 victim = next((e for e in tier.entries.values()
                                if e.state == READY and e.pins == 0 and not e.broken), None)
