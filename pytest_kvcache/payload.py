@@ -8,7 +8,7 @@ faults never land inside a timed I/O.
 
 A reused buffer that already holds another entry's bytes for the same stretch of the noise is
 only re-stamped (one XOR per 4 KiB block), not copied again, as fio's ``scramble_buffers`` does:
-a full copy costs a 128 KiB write about a fifth of its time on a fast drive.
+a full copy cost a 128 KiB O_DIRECT write about a fifth of its time on the project's VM.
 """
 
 from __future__ import annotations
@@ -66,23 +66,19 @@ class NoiseSource:
         self.buffer[:size] = derive(seed, "payload.noise").integers(0, 256, size, dtype=np.uint8)
         self.size = size
 
-    def fill(self, dst: np.ndarray, key: str, offset: int = 0, held: tuple | None = None) -> tuple:
+    def fill(self, dst: np.ndarray, key: str, offset: int = 0, held: Held | None = None) -> None:
         """Fill ``dst`` (uint8) with bytes ``offset .. offset+len(dst)`` of ``key``'s content.
 
-        ``offset`` must be a multiple of 4096. ``held`` is what the previous fill of the same
-        buffer returned (None when the buffer was used for anything else since): when it covered
-        the same stretch of noise, only the stamps change. Returns the token for the next fill.
+        ``offset`` must be a multiple of 4096. With ``held``, the record of what ``dst`` (a
+        reused buffer) holds, a fill over the same stretch of noise only changes the stamps,
+        and ``held`` is kept up to date.
         """
         n = dst.shape[0]
         base = offset % self.size
-        stamp = key_stamp(key)
         words = dst[: n - n % 8].view(np.uint64)[::_STAMP_STRIDE]  # word 0 of each 4 KiB block
-        if held is not None and held[:2] == (base, n):  # dst = this noise, stamped for held
-            _, _, old_offset, old_stamp = held
-            if old_offset == offset:
-                words ^= np.uint64(stamp ^ old_stamp)
-            else:
-                words ^= _block_mix(offset, len(words)) ^ _block_mix(old_offset, len(words)) ^ np.uint64(stamp ^ old_stamp)
+        stamps = _block_mix(offset, len(words)) ^ np.uint64(key_stamp(key))
+        if held is not None and held.base == base and n <= held.valid and n % 8 == 0:
+            words ^= held.stamps[: len(words)] ^ stamps
         else:
             start, done = base, 0
             while done < n:
@@ -90,14 +86,33 @@ class NoiseSource:
                 dst[done : done + take] = self.buffer[start : start + take]
                 done += take
                 start = 0
-            words ^= _block_mix(offset, len(words)) ^ np.uint64(stamp)
-        return (base, n, offset, stamp)
+            words ^= stamps
+            if held is not None:
+                held.base, held.valid = base, n
+        if held is not None:
+            held.stamps[: len(words)] = stamps
 
     def expected(self, key: str, nbytes: int) -> np.ndarray:
         """The whole content of ``key`` (tests and verification)."""
         out = np.empty(nbytes, dtype=np.uint8)
         self.fill(out, key, 0)
         return out
+
+
+class Held:
+    """What a reused buffer holds: noise from ``base`` for ``valid`` bytes, and each 4 KiB
+    block's stamp, so the next fill of the same stretch only re-stamps (see ``NoiseSource.fill``)."""
+
+    __slots__ = ("base", "valid", "stamps")
+
+    def __init__(self, nbytes: int):
+        self.base = 0
+        self.valid = 0
+        self.stamps = np.zeros(-(-nbytes // BLOCK), dtype=np.uint64)
+
+    def forget(self) -> None:
+        """The buffer was overwritten (a read landed in it)."""
+        self.valid = 0
 
 
 class StagingBuffers:
@@ -113,23 +128,25 @@ class StagingBuffers:
         self._lock = threading.Lock()
         self._all: list[np.ndarray] = []
 
+    def _mine(self) -> tuple[np.ndarray, Held]:
+        mine = getattr(self._local, "mine", None)
+        if mine is None:
+            mine = self._local.mine = (aligned_buffer(self.block), Held(self.block))
+            with self._lock:
+                self._all.append(mine[0])
+        return mine
+
     def get(self) -> np.ndarray:
         """This thread's buffer, to read into (what it held is forgotten)."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = aligned_buffer(self.block)
-            self._local.buf = buf
-            with self._lock:
-                self._all.append(buf)
-        self._local.held = None
+        buf, held = self._mine()
+        held.forget()
         return buf
 
     def payload(self, noise: NoiseSource, key: str, offset: int, n: int) -> np.ndarray:
         """This thread's buffer filled with ``n`` bytes of ``key`` from ``offset``, to write out."""
-        held = getattr(self._local, "held", None)
-        buf = self.get()[:n]
-        self._local.held = noise.fill(buf, key, offset, held)
-        return buf
+        buf, held = self._mine()
+        noise.fill(buf[:n], key, offset, held)
+        return buf[:n]
 
     @property
     def allocated_bytes(self) -> int:

@@ -12,6 +12,7 @@ import threading
 import time
 
 from ..errors import BackendError, BackendFull, ConfigError
+from ..payload import Held
 from .base import Backend, BackendContext, IOResult, TierSpec
 
 
@@ -51,13 +52,12 @@ class GPUBackend(Backend):
             torch = self.torch
             pinned = torch.empty(self.block, dtype=torch.uint8, pin_memory=True)
             stream = torch.cuda.Stream(device=self.device)
-            st = self._local.state = [pinned, pinned.numpy(), stream, None]  # None: what host holds
+            st = self._local.state = (pinned, pinned.numpy(), stream, Held(self.block))
         return st
 
     def write(self, key: str, nbytes: int) -> IOResult:
         torch = self.torch
-        st = self._thread_state()
-        pinned, host, stream = st[:3]
+        pinned, host, stream, held = self._thread_state()
         try:
             dev = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         except torch.cuda.OutOfMemoryError as exc:
@@ -65,7 +65,7 @@ class GPUBackend(Backend):
         elapsed_ms = 0.0
         for off in range(0, nbytes, self.block):
             n = min(self.block, nbytes - off)
-            st[3] = self.ctx.noise.fill(host[:n], key, off, st[3])
+            self.ctx.noise.fill(host[:n], key, off, held)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(stream):
                 start.record(stream)
@@ -83,9 +83,8 @@ class GPUBackend(Backend):
             dev = self._entries.get(key)
         if dev is None:
             raise BackendError(f"gpu tier: no entry {key!r}")
-        st = self._thread_state()
-        pinned, host, stream = st[:3]
-        st[3] = None  # the copies below overwrite the staging buffer
+        pinned, host, stream, held = self._thread_state()
+        held.forget()  # the copies below overwrite the staging buffer
         elapsed_ms = 0.0
         size = dev.numel()
         for off in range(0, size, self.block):
