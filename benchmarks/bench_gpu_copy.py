@@ -2,8 +2,8 @@
 
 For each chunk size: OUR figure is the chunk bytes times the number of ``GPUBackend.write``
 (H2D) or ``read`` (D2H) calls, divided by the wall time of the whole loop: device allocation,
-the payload fill of the pinned staging buffer, the copy, the CUDA events and the synchronisation
-after each copy included. The BASELINE is ``dev.copy_(pinned, non_blocking=True)`` (or the
+the copy, the CUDA events and the synchronisation after each copy included (the per-key stamp
+of the pinned buffer too, with ``--verify``; without it the backend fills the buffer once). The BASELINE is ``dev.copy_(pinned, non_blocking=True)`` (or the
 reverse) of the same size followed by ``torch.cuda.synchronize()``, from one preallocated pinned
 buffer into one preallocated device buffer: the fastest a synchronous copy can be. Runs are
 interleaved (ours, raw, ours, raw ...). The backend's own figure (bytes / CUDA-event time) is
@@ -22,7 +22,7 @@ import _common as C
 
 from pytest_kvcache.backends.base import BackendContext, TierSpec
 from pytest_kvcache.backends.gpu import gpu_unavailable_reason
-from pytest_kvcache.payload import NoiseSource, StagingBuffers
+from pytest_kvcache.payload import NoiseSource, StagingBuffers, Verifier
 
 NAME = "bench_gpu_copy"
 TARGET = 0.9
@@ -93,9 +93,12 @@ def main() -> None:
     p.add_argument("--size-mb", type=float, default=1024, help="MiB moved per case and direction")
     p.add_argument("--min-ops", type=int, default=16, help="at least this many transfers per case")
     p.add_argument("--device", default="cuda:0")
+    p.add_argument("--verify", action="store_true",
+                   help="as --kv-verify: stamp each write with its key's bytes and check every read")
     args = p.parse_args()
     block_sizes = [C.parse_size(b) for b in args.block_sizes.split(",")]
-    params = {"block_sizes": block_sizes, "size_mb": args.size_mb, "reps": args.reps, "device": args.device}
+    params = {"block_sizes": block_sizes, "size_mb": args.size_mb, "reps": args.reps, "device": args.device,
+              "verify": args.verify}
     reason = gpu_unavailable_reason()
     if reason:
         C.skip(args, NAME, reason, params)
@@ -110,7 +113,8 @@ def main() -> None:
     rows, raw_results = [], {}
     for bs in block_sizes:
         # one copy per operation: the staging (pinned) buffer is the chunk size
-        ctx = BackendContext(noise=noise, staging=StagingBuffers(bs))
+        ctx = BackendContext(noise=noise, staging=StagingBuffers(bs),
+                             verifier=Verifier(noise, bs) if args.verify else None)
         backend = GPUBackend(TierSpec("gpu", "gpu", 1 << 40, {"device": args.device}), ctx)
         count = max(args.min_ops, int(args.size_mb * C.MiB) // bs)
         try:

@@ -132,6 +132,18 @@ def test_write_then_read_round_trips_the_keys_bytes(torch):
     assert not PENDING
 
 
+def test_without_verify_the_staging_noise_is_filled_once_per_thread(torch, monkeypatch):
+    calls = []
+    fill = NoiseSource.fill
+    monkeypatch.setattr(NoiseSource, "fill", lambda self, *a, **k: calls.append(a[1]) or fill(self, *a, **k))
+    be = make()
+    for key in ("a", "b", "c"):
+        be.write(key, SIZE)
+    assert calls == ["gpu.staging"]  # GPU memory cannot deduplicate: no per-key stamp needed
+    assert be._entries["c"].arr.any()  # noise, not zeros
+    assert "--kv-verify" in be.describe()["payload"]
+
+
 def test_dur_ns_is_the_sum_of_the_event_times(torch):
     be = make()
     segments = 4  # SIZE spans four staging blocks
