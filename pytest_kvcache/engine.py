@@ -12,6 +12,7 @@ import functools
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import BackendContext, BackendRegistry
@@ -137,12 +138,9 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
                  criteria: list[Criterion], on_tick=None) -> ScenarioResult:
     recorder = Recorder()
     cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
-    hooks = []
-    device = None
-    storage = [b for b in prov.backends if b.tier not in ("gpu", "cpu")]
-    if storage:
-        device = DeviceWindow(block_device_for(prov.run_dir))
-        hooks.append(device)
+    storage = [b.tier for b in prov.backends if b.tier not in ("gpu", "cpu")]
+    device = DeviceWindow(block_device_for(prov.run_dir)) if storage else None
+
     def tick(runner, elapsed_s):
         recorder.sample_occupancy({t: o["bytes"] for t, o in cache.occupancy().items()})
         if on_tick is not None:
@@ -152,14 +150,14 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         duration_s=settings.duration, warmup_s=settings.warmup,
         generation_mode=settings.generation_mode, read_model=settings.read_model,
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
-    ), window_hooks=tuple(hooks), on_tick=tick)
-    started = time.time()  # wall clock for the report only; nothing in the workload reads it
+    ), window_hooks=(device,) if device else (), on_tick=tick)
+    run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
+               storage[-1] if storage else None, started=time.time())  # wall clock: the report only
     try:
         runner.run()
     except KeyboardInterrupt as exc:
-        result = _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage, started)
-        raise ScenarioInterrupted(result) from exc
-    return _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage, started)
+        raise ScenarioInterrupted(run.result()) from exc
+    return run.result()
 
 
 class ScenarioInterrupted(KeyboardInterrupt):
@@ -170,44 +168,64 @@ class ScenarioInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-def _result(prov, settings, model, trace, criteria, recorder, cache, runner, device, storage,
-            started: float) -> ScenarioResult:
-    info = runner.info
-    problems = [] if info.aborted else cache.check_invariants()
-    flat, summary = compute(recorder, prov.tier_names)
-    verifier = prov.ctx.verifier
-    if verifier is not None:
-        flat["verify.mismatches"] = verifier.mismatches
-        summary["verify"] = {"blocks_checked": verifier.checked, "mismatches": verifier.mismatches,
-                             "first": list(verifier.first)}
-    occupancy = cache.occupancy()
-    for tier, occ in occupancy.items():
-        summary[f"{tier}_entries"] = occ["entries"]
-    # What this load needs: the KV of every open conversation at its peak (the answer to
-    # "how much memory do I need"; a tier smaller than this must demote or evict).
-    summary["kv_working_set_peak_bytes"] = info.peak_live_tokens * model.bytes_per_token
-    counters = device.result() if device else {"available": False, "reason": "no storage tier in this scenario"}
-    if device and counters.get("available"):
-        tier = storage[-1].tier
-        app_read = sum(recorder.window[(tier, op)].bytes for op in ("read", "demote_read") if (tier, op) in recorder.window)
-        app_write = sum(recorder.window[(tier, op)].bytes for op in ("write", "demote_write") if (tier, op) in recorder.window)
-        counters["app_read_bytes"], counters["app_write_bytes"] = app_read, app_write
-        counters["read_ratio"] = round(counters["read_bytes"] / app_read, 4) if app_read else None
-        counters["write_ratio"] = round(counters["write_bytes"] / app_write, 4) if app_write else None
-    return ScenarioResult(
-        name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
-        metrics=flat, summary=summary, outcomes=evaluate(criteria, flat, prov.tier_names),
-        invariant_problems=problems, errors=list(info.errors),
-        backends=[b.describe() for b in prov.backends], occupancy=occupancy,
-        device_counters=counters,
-        trace={"sha256": trace.sha256(), "requests": len(trace), "users": len(trace.per_user),
-               "requests_started": info.requests_started, "requests_finished": info.requests_finished,
-               "exhausted": info.trace_exhausted},
-        run={"aborted": info.aborted, "entries_dropped": cache.dropped,
-             "started_unix": round(started, 3), "finished_unix": round(time.time(), 3),
-             "staging_bytes": prov.ctx.staging.allocated_bytes,
-             "measurement": "bytes counted when an I/O completes; only I/O completing inside the window counts; "
-                            "latency = time inside the backend's I/O calls (CUDA events on GPU)"},
-        settings=settings.to_dict(), model=model.to_dict(),
-        samples={key: w.latency.seconds() for key, w in recorder.window.items()},
-    )
+@dataclass
+class _Run:
+    """The parts of one scenario run, so its result can be built at the end or on Ctrl-C."""
+
+    prov: Provisioned
+    settings: Settings
+    model: ModelSpec
+    trace: Trace
+    criteria: list[Criterion]
+    recorder: Recorder
+    cache: MultiTierCache
+    runner: Runner
+    device: DeviceWindow | None
+    storage_tier: str | None  # the last tier that is a drive, whose bytes the device counters check
+    started: float
+
+    def _device_counters(self) -> dict:
+        if self.device is None:
+            return {"available": False, "reason": "no storage tier in this scenario"}
+        counters = self.device.result()
+        if counters.get("available"):
+            window = self.recorder.window
+            app = {kind: sum(window[(self.storage_tier, op)].bytes for op in ops if (self.storage_tier, op) in window)
+                   for kind, ops in (("read", ("read", "demote_read")), ("write", ("write", "demote_write")))}
+            for kind, nbytes in app.items():
+                counters[f"app_{kind}_bytes"] = nbytes
+                counters[f"{kind}_ratio"] = round(counters[f"{kind}_bytes"] / nbytes, 4) if nbytes else None
+        return counters
+
+    def result(self) -> ScenarioResult:
+        prov, recorder, cache, info = self.prov, self.recorder, self.cache, self.runner.info
+        problems = [] if info.aborted else cache.check_invariants()
+        flat, summary = compute(recorder, prov.tier_names)
+        verifier = prov.ctx.verifier
+        if verifier is not None:
+            flat["verify.mismatches"] = verifier.mismatches
+            summary["verify"] = {"blocks_checked": verifier.checked, "mismatches": verifier.mismatches,
+                                 "first": list(verifier.first)}
+        occupancy = cache.occupancy()
+        for tier, occ in occupancy.items():
+            summary[f"{tier}_entries"] = occ["entries"]
+        # What this load needs: the KV of every open conversation at its peak (the answer to
+        # "how much memory do I need"; a tier smaller than this must demote or evict).
+        summary["kv_working_set_peak_bytes"] = info.peak_live_tokens * self.model.bytes_per_token
+        return ScenarioResult(
+            name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
+            metrics=flat, summary=summary, outcomes=evaluate(self.criteria, flat, prov.tier_names),
+            invariant_problems=problems, errors=list(info.errors),
+            backends=[b.describe() for b in prov.backends], occupancy=occupancy,
+            device_counters=self._device_counters(),
+            trace={"sha256": self.trace.sha256(), "requests": len(self.trace), "users": len(self.trace.per_user),
+                   "requests_started": info.requests_started, "requests_finished": info.requests_finished,
+                   "exhausted": info.trace_exhausted},
+            run={"aborted": info.aborted, "entries_dropped": cache.dropped,
+                 "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
+                 "staging_bytes": prov.ctx.staging.allocated_bytes,
+                 "measurement": "bytes counted when an I/O completes; only I/O completing inside the window counts; "
+                                "latency = time inside the backend's I/O calls (CUDA events on GPU)"},
+            settings=self.settings.to_dict(), model=self.model.to_dict(),
+            samples={key: w.latency.seconds() for key, w in recorder.window.items()},
+        )
