@@ -180,3 +180,64 @@ def test_recycling_off_unlinks_on_delete(tmp_path):
     be.close()
     with pytest.raises(ConfigError, match="recycle"):
         make(tmp_path, recycle="yes")
+
+
+def test_concurrent_writers_and_deletes_keep_disk_content_and_capacity_right(tmp_path):
+    import random
+    import threading
+
+    from pytest_kvcache.payload import Verifier
+
+    noise = NoiseSource(seed=3, size=1 << 20)
+    ctx = BackendContext(noise=noise, staging=StagingBuffers(16384), run_dir=tmp_path,
+                         verifier=Verifier(noise, 16384))
+    capacity = 64 * 4096
+    be = FileBackend(TierSpec("nvme", "file", capacity), ctx)
+    live: dict[str, int] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            work(t)
+        except BaseException as exc:  # a thread's failure must fail the test
+            errors.append(exc)
+
+    def work(t: int) -> None:
+        rng = random.Random(t)
+        mine: list[str] = []
+        for i in range(150):
+            with lock:
+                room = capacity - sum(be.footprint(n) for n in live.values())
+            size = rng.choice([4096, 8192, 12000, 40000])
+            if mine and (rng.random() < 0.45 or be.footprint(size) > room):
+                key = mine.pop(rng.randrange(len(mine)))
+                be.delete(key)
+                with lock:
+                    del live[key]
+                continue
+            if be.footprint(size) > room:
+                continue
+            key = f"t{t}.k{i}"
+            with lock:  # claim the room first, as the cache's reservation does
+                live[key] = size
+            be.write(key, size)
+            mine.append(key)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert be.stored_keys() == set(live)
+    for key, size in live.items():
+        assert Path(be.path_of(key)).stat().st_size == be.footprint(size)
+        be.read(key, size)
+    assert ctx.verifier.mismatches == 0 and ctx.verifier.checked > 0
+    files = list(tmp_path.iterdir())
+    assert len(files) == len(live) + be.describe()["spare_files"]
+    assert sum(p.stat().st_size for p in files) <= capacity
+    assert be.describe()["files_recycled"] > 0
+    be.close()
+    assert list(tmp_path.iterdir()) == []
