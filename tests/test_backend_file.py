@@ -55,7 +55,7 @@ def test_multi_segment(tmp_path):
     be.close()
 
 
-def test_sanitized_names_stay_in_run_dir(tmp_path):
+def test_any_key_is_stored_inside_the_run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     be = make(run)

@@ -20,10 +20,10 @@ tier's capacity.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import itertools
 import os
-import re
 import threading
 import time
 
@@ -32,7 +32,6 @@ from ..errors import BackendError, BackendFull, ConfigError
 from ..payload import BLOCK
 from .base import Backend, BackendContext, IOResult, TierSpec
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MODES = ("direct", "buffered")
 
 
@@ -100,7 +99,7 @@ class FileBackend(Backend):
             if key in self._live:
                 raise BackendError(f"write of {key!r}: it is already stored; delete it first")
             spare, spare_size, drop = self._claim(padded)
-            name = spare or f"{_UNSAFE.sub('_', key)[:80]}.{next(self._serial)}.kv"
+            name = spare or f"slot{next(self._serial):08d}.kv"  # a slot, not a key: it is reused
             self._names[name] = key
         path = os.path.join(self.dir, name)
         # a spare keeps its blocks (no O_TRUNC) and every byte of it up to ``padded`` is
@@ -111,7 +110,8 @@ class FileBackend(Backend):
         try:
             t = time.perf_counter_ns()
             for old in drop:  # make room on disk for a new file: part of this write's cost
-                os.unlink(os.path.join(self.dir, old))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.dir, old))
             fd = os.open(path, flags, 0o600)
             if spare_size is not None and spare_size > padded:
                 os.ftruncate(fd, padded)
@@ -189,10 +189,8 @@ class FileBackend(Backend):
 
     def _discard(self, name: str, padded: int) -> None:
         """Remove a partly written file so disk and bookkeeping agree after a failed write."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, name))
-        except FileNotFoundError:
-            pass
         with self._lock:
             self._names.pop(name, None)
             self._disk_bytes -= padded
@@ -285,7 +283,5 @@ class FileBackend(Backend):
             self._spare_sizes.clear()
             self._disk_bytes = 0
         for name in names:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.dir, name))
-            except FileNotFoundError:
-                pass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-_KEY_RE = re.compile(r"[A-Za-z0-9._-]+\Z")  # keys become file names on the nvme tier
+_KEY_RE = re.compile(r"[A-Za-z0-9._-]+\Z")  # keys appear in reports, logs and CSV
 
 
 @dataclass(frozen=True, slots=True)
