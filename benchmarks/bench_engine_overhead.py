@@ -19,6 +19,7 @@ Target: <= 0.3 CPU-s per GiB.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import _common as C
@@ -94,6 +95,45 @@ def bare_loop(ctx, n: int, nbytes: int, threads: int = 1, latency_s: float = 0.0
     wall = C.release_together(work, [(mine,) for mine in keys])
     ops = 2 * per_thread * threads
     return {"ops": ops, "us_per_op": wall / 1e3 / ops}
+
+
+def lock_floor(threads: int, trips: int, seconds: float) -> dict:
+    """CPython's own cost of ``trips`` trips through one shared lock per operation, with a few
+    bytecodes inside and outside it and nothing else: the floor under the cache's locking."""
+    lock = threading.Condition(threading.Lock())
+    done = [0] * threads
+
+    def spin(n: int) -> int:
+        x = 0
+        for i in range(n):
+            x += i
+        return x
+
+    def work(gate, t: int) -> None:
+        gate.wait()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            for _ in range(trips):
+                with lock:
+                    spin(5)
+                spin(40)
+            done[t] += 1
+
+    wall = C.release_together(work, [(t,) for t in range(threads)])
+    return {"ops": sum(done), "us_per_op": wall / 1e3 / sum(done)}
+
+
+def part_lock_floor(args, rows: list, raw: dict) -> None:
+    trips = 2  # about what the cache takes per recorded I/O (a counting probe saw 2.3)
+    print(f"  lock floor: 8 vs 1 thread(s), {trips} lock trips per op, {args.duration:g} s x {args.reps} ...",
+          flush=True)
+    res = C.interleave({"ours": lambda rep: lock_floor(8, trips, args.duration),
+                        "bare": lambda rep: lock_floor(1, trips, args.duration)}, args.reps)
+    raw["lock floor"] = res
+    o = [r["us_per_op"] for r in res["ours"]]
+    b = [r["us_per_op"] for r in res["bare"]]
+    rows.append(C.row(f"us per op, CPython floor: {trips} shared-lock trips, 8 threads vs 1", "us", o, b,
+                      note="no cache, I/O or recorder: what 8 CPU-bound threads pay per op for the lock alone"))
 
 
 def part_overhead(args, rows: list, raw: dict) -> None:
@@ -257,6 +297,7 @@ def main() -> None:
     params = {k: v for k, v in vars(args).items() if k != "json"}
     rows, raw = [], {}
     part_overhead(args, rows, raw)
+    part_lock_floor(args, rows, raw)
     if not args.skip_cpu:
         part_cpu(args, rows, raw)
     C.print_table("Framework cost: us per recorded I/O (mock tiers, ratio = ours / bare loop); "
