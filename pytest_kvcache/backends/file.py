@@ -1,4 +1,4 @@
-"""The nvme tier: one raw file per entry, written and read with O_DIRECT where it means something.
+"""The nvme tier: one raw file per chunk, written and read with O_DIRECT where it means something.
 
 The numbers are the point, so: raw bytes (no serialization), page-aligned reusable staging
 buffers (no allocation or first-touch faults in the timed region), O_DIRECT when the file system
