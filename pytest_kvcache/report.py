@@ -82,6 +82,9 @@ def scenario_text(result) -> str:
         if "io_mode" in b:
             lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {b.get('block_device') or 'no block device'}), "
                          f"I/O mode {b['io_mode']}: {b.get('io_mode_reason', '')}")
+            if "recycle" in b:
+                lines.append(f"  {b['tier']} files: {b.get('files_created', 0)} created, "
+                             f"{b.get('files_recycled', 0)} recycled (recycling {'on' if b['recycle'] else 'off'})")
     dev = result.device_counters
     if dev.get("available"):
         lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "

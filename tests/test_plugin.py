@@ -41,7 +41,8 @@ def test_scenarios_run_report_and_clean_up(pytester, cache_dir):
     (cache_dir / "users-own-file.npy").write_bytes(b"keep me")
     result = run(pytester, cache_dir)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*kvcache session report*", "storage-only [[]PASSED]*", "*JSON report:*"])
+    result.stdout.fnmatch_lines(["*kvcache session report*", "storage-only [[]PASSED]*",
+                                 "*nvme files: * created, * recycled (recycling on)", "*JSON report:*"])
     data = report(pytester)
     assert data["schema_version"] == 1 and data["complete"] is True
     assert [s["name"] for s in data["scenarios"]] == ["cpu-only", "storage-only"]
