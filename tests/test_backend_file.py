@@ -241,3 +241,28 @@ def test_concurrent_writers_and_deletes_keep_disk_content_and_capacity_right(tmp
     assert be.describe()["files_recycled"] > 0
     be.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_cannot_be_removed_fails_the_write_and_close_removes_it_later(tmp_path, monkeypatch):
+    ctx = BackendContext(noise=NoiseSource(seed=1, size=1 << 20), staging=StagingBuffers(1 << 20),
+                         run_dir=tmp_path)
+    be = FileBackend(TierSpec("nvme", "file", 4 * 4096), ctx)
+    be.write("a", 4096)
+    be.write("b", 8192)
+    stuck = os.path.basename(be.path_of("a"))
+    be.delete("a")
+    be.delete("b")
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) == stuck:
+            raise PermissionError(13, "Permission denied", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(BackendError, match="Permission denied"):
+        be.write("c", 4 * 4096)  # grows b's spare: a's spare must go to stay within capacity
+    assert be.stored_keys() == set() and [p.name for p in tmp_path.iterdir()] == [stuck]
+    monkeypatch.undo()
+    be.close()
+    assert list(tmp_path.iterdir()) == []

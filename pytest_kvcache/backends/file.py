@@ -78,7 +78,8 @@ class FileBackend(Backend):
         self._names: dict[str, str] = {}  # file name -> key, for every live file (or being written)
         self._spares: dict[int, list[str]] = {}  # file size -> freed files of ours kept for reuse
         self._spare_sizes: list[int] = []  # the keys of _spares, sorted
-        self._disk_bytes = 0  # live + being written + spare: never above the capacity
+        self._disk_bytes = 0  # live + being written + spare (the cache keeps live within capacity)
+        self._stray: list[str] = []  # files of ours whose removal failed: close() tries again
         self._serial = itertools.count()
         self._files_created = 0
         self._files_recycled = 0
@@ -109,9 +110,10 @@ class FileBackend(Backend):
         fd = -1
         try:
             t = time.perf_counter_ns()
-            for old in drop:  # make room on disk for a new file: part of this write's cost
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.dir, old))
+            # make room for the spare to grow (part of this write's cost)
+            failed = [err for err in map(self._remove_file, drop) if err]
+            if failed:
+                raise failed[0]
             fd = os.open(path, flags, 0o600)
             if spare_size is not None and spare_size > padded:
                 os.ftruncate(fd, padded)
@@ -189,11 +191,22 @@ class FileBackend(Backend):
 
     def _discard(self, name: str, padded: int) -> None:
         """Remove a partly written file so disk and bookkeeping agree after a failed write."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.dir, name))
+        self._remove_file(name)
         with self._lock:
             self._names.pop(name, None)
             self._disk_bytes -= padded
+
+    def _remove_file(self, name: str) -> OSError | None:
+        """Unlink one of our files; one that cannot be removed is kept for ``close`` to retry."""
+        try:
+            os.unlink(os.path.join(self.dir, name))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            with self._lock:
+                self._stray.append(name)
+            return e
+        return None
 
     def read(self, key: str, nbytes: int) -> IOResult:
         padded = self.footprint(nbytes)
@@ -251,14 +264,11 @@ class FileBackend(Backend):
                 self._put_spare(size, name)
         t = time.perf_counter_ns()
         if not self.recycle:
-            path = os.path.join(self.dir, name)
-            try:
-                os.unlink(path)
-            except OSError as e:
-                raise BackendError(f"delete of {key!r}: cannot remove {path}: {e}") from e
-            finally:
-                with self._lock:
-                    self._disk_bytes -= size
+            err = self._remove_file(name)
+            with self._lock:
+                self._disk_bytes -= size
+            if err:
+                raise BackendError(f"delete of {key!r}: cannot remove {name} in {self.dir}: {err}") from err
         end = time.perf_counter_ns()
         return IOResult(nbytes=size, end_ns=end, dur_ns=end - t)
 
@@ -276,7 +286,8 @@ class FileBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            names = list(self._names) + [n for v in self._spares.values() for n in v]
+            names = list(self._names) + [n for v in self._spares.values() for n in v] + self._stray
+            self._stray = []
             self._names.clear()
             self._live.clear()
             self._spares.clear()
