@@ -75,7 +75,7 @@ def ours(directory, noise: NoiseSource, bs: int, threads: int, count: int, rep: 
 
     write: new keys into an empty tier (a file created per chunk). rewrite: the steady state of
     a full tier, where each new chunk follows an eviction: delete one old chunk (its file becomes
-    a spare) and write a new key (the spare renamed and overwritten). Both calls are timed.
+    a spare) and write a new key (which overwrites that spare in place). Both calls are timed.
     """
     run_dir = directory / f"ours-{rep}"
     run_dir.mkdir()

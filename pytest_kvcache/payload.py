@@ -25,7 +25,7 @@ PAGE = mmap.PAGESIZE
 BLOCK = 4096
 _STAMP_STRIDE = BLOCK // 8  # uint64 elements per 4 KiB block
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # spreads block indexes over the stamp's bits
-NOISE_BYTES = 64 << 20  # the noise period; a 4 MiB period made the VM's disk ~10% slower (docs/performance.md)
+NOISE_BYTES = 64 << 20  # the noise period; a 4 MiB one made the VM's disk ~6% slower (docs/performance.md)
 
 
 def aligned_buffer(nbytes: int) -> np.ndarray:

@@ -65,7 +65,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_inflight", "int", 0, "at most this many requests in service at once; the rest wait in the queue (0 = no limit)"),
     Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
     Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
-    Option("file_recycle", "choice", "on", "file tier: on = a freed chunk file is renamed and overwritten by the next write of its size (no file creation per write); off = unlink on free, create on write", ("on", "off")),
+    Option("file_recycle", "choice", "on", "file tier: on = a freed chunk's file is kept and overwritten in place by a later write (no file creation per write); off = unlink on free, create on write", ("on", "off")),
     Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
     Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
     Option("report", "path", "kvcache-report.json", "where the JSON session report is written"),

@@ -14,7 +14,7 @@ than a small write (17 us to over 1 ms per create on ext4 after many deletes, an
 about 20 us; see docs/performance.md), so without this a tier that evicts, or rewrites the
 growing last chunk of a conversation, measures inode allocation instead of the drive. Every
 file of ours, spare or live, is the size of what it holds, and together they stay within the
-tier's capacity.
+tier's capacity (the cache keeps the live ones within it; spares give way when one must grow).
 """
 
 from __future__ import annotations
