@@ -139,16 +139,19 @@ def _colours(keys: list):
     return {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
 
 
+def _union(runs: list[tuple[str, dict | None]], pick) -> list:
+    """The keys ``pick(summary)`` gives over all runs, each once, in first-seen order."""
+    keys: dict = {}
+    for _, sc in runs:
+        keys.update(dict.fromkeys(pick((sc or {}).get("summary", {}) or {})))
+    return list(keys)
+
+
 def _plot_cdf(name: str, runs: list[tuple[str, dict | None]], path: Path) -> None:
     fig, ax = _new_axes(f"{name}: latency CDF per tier and op", "latency (ms, log scale)",
                         "fraction of operations")
     multi = len(runs) > 1
-    keys = []
-    for _, sc in runs:
-        for tier, ops in ((sc or {}).get("summary", {}).get("tiers", {}) or {}).items():
-            for op in ops:
-                if (tier, op) not in keys:
-                    keys.append((tier, op))
+    keys = _union(runs, lambda s: [(tier, op) for tier, ops in (s.get("tiers") or {}).items() for op in ops])
     keys.sort(key=lambda k: (k[0], _op_key(k[1])))
     colours = _colours(keys)
     drawn = 0
@@ -177,11 +180,7 @@ def _plot_throughput(name: str, runs: list[tuple[str, dict | None]], path: Path)
     fig, ax = _new_axes(f"{name}: throughput over time per tier", "time in window (s)",
                         "GB/s (bytes completed, all ops)")
     multi = len(runs) > 1
-    tiers = []
-    for _, sc in runs:
-        for t in ((sc or {}).get("summary", {}).get("timeline_bytes", {}) or {}):
-            if t not in tiers:
-                tiers.append(t)
+    tiers = _union(runs, lambda s: list(s.get("timeline_bytes") or {}))
     colours = _colours(tiers)
     drawn = 0
     for i, (label, sc) in enumerate(runs):
