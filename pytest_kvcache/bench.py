@@ -8,6 +8,7 @@ and ``--benchmark-compare-fail``. pytest-benchmark has no percentiles: P95 gates
 
 from __future__ import annotations
 
+from . import ops
 from .result import ScenarioResult
 
 
@@ -27,23 +28,19 @@ class ReplayTimer:
 
 
 def headline_op(result: ScenarioResult) -> tuple[str, str] | None:
-    """Reads from the slowest tier; writes when nothing was read in the window."""
-    tier = result.tiers[-1]
-    for op in ("read", "write", "demote_write"):
-        if result.samples.get((tier, op)):
-            return tier, op
-    return None
+    """The (tier, op) whose latencies stand for the scenario (``ops.headline_op``)."""
+    return ops.headline_op(result.tiers, lambda tier, op: bool(result.samples.get((tier, op))))
 
 
 def extra_info(result: ScenarioResult) -> dict:
-    info = {"kv_status": result.status, "kv_trace_sha256": result.trace.get("sha256", ""),
-            "kv_storage_tokens_per_sec": result.summary.get("storage_throughput_tokens_per_sec", 0),
-            "kv_cache_hit_rate": result.summary.get("cache_hit_rate", 0)}
-    for tier, ops in result.summary.get("tiers", {}).items():
-        for op, f in ops.items():
+    """The summary's headline figures (as every other renderer shows them) and each (tier, op)."""
+    info = {f"kv_{key}": value for key, value in (result.summary.get("headline") or {}).items()}
+    info["kv_trace_sha256"] = result.trace.get("sha256", "")
+    for tier, ops_ in result.summary.get("tiers", {}).items():
+        for op, f in ops_.items():
             lat = f["latency_ms"]
             info[f"{tier}.{op}"] = {"p50_ms": lat.get("p50"), "p95_ms": lat.get("p95"), "p99_ms": lat.get("p99"),
-                                    "gbps": f["gbps"], "iops": f["iops"], "count": f["count"]}
+                                    "gbps": f.get("gbps"), "iops": f["iops"], "count": f["count"]}
     return info
 
 

@@ -58,7 +58,9 @@ class MultiTierCache:
         self.bytes_per_token = bytes_per_token
         self._cond = threading.Condition(threading.Lock())
         self._index: dict[str, Entry] = {}
-        self.dropped = 0  # entries too big, or no room anywhere: not stored
+        self.dropped = 0  # entries not stored: too big for every tier, or no room anywhere
+        self.dropped_too_big = 0  # of those, larger than every tier's high-water mark
+        self.dropped_largest = 0  # bytes of the largest entry dropped
 
     # -- public API -------------------------------------------------------------------
     def read(self, key: str, kind: str) -> str | None:
@@ -126,10 +128,12 @@ class MultiTierCache:
 
     def _place(self, key: str, tokens: int, nbytes: int):
         full: BackendFull | None = None
+        fits = False
         for idx, tier in enumerate(self.tiers):
             fp = tier.backend.footprint(nbytes)
             if fp > tier.high_water:
                 continue
+            fits = True
             entry = Entry(key, tokens, nbytes, fp, idx)
             reserved = self._reserve(idx, fp, entry)
             if reserved is _RETRY:  # another thread stored this key meanwhile: replace it
@@ -157,6 +161,8 @@ class MultiTierCache:
             raise full
         with self._cond:
             self.dropped += 1
+            self.dropped_too_big += not fits
+            self.dropped_largest = max(self.dropped_largest, nbytes)
         self.recorder.count("entries_dropped")
         return None
 

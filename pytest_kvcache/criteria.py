@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from .errors import ConfigError
+from .ops import DATA_OPS, OPS, possible_ops, storage_tier
 
 # --------------------------------------------------------------------------- namespace (data)
 
 #: Tiers that may appear as ``<tier>.<op>.<stat>``; backends add theirs with ``register_tier``.
 known_tiers: list[str] = ["gpu", "cpu", "nvme", "object", "redis", "gds"]
 
-TIER_OPS = ("read", "write", "demote_read", "demote_write", "evict", "delete")
+TIER_OPS = OPS
 
 LATENCY_STATS = ("p50", "p95", "p99", "p999", "max", "mean")
 
@@ -42,13 +43,18 @@ TIER_STATS: dict[str, str] = {
     "iops": "per_second",
 }
 
+_BYTE_STATS = ("bytes", "gbps")
+
 #: Names outside the per-tier pattern -> kind.
 FIXED_METRICS: dict[str, str] = {
     "cache.hit_rate": "fraction",
     "cache.hit_rate.multi_turn": "fraction",
     "cache.hit_rate.prefix": "fraction",
     "cache.hit_rate.rag": "fraction",
+    "cache.hit_rate.decode": "fraction",
+    "cache.entries_dropped": "count",
     "storage.throughput_tokens_per_sec": "tokens_per_second",
+    "storage.read_tokens_per_generated_token": "ratio",
     "storage.read_gbps": "throughput",
     "storage.write_gbps": "throughput",
     "storage.gbps": "throughput",
@@ -60,7 +66,7 @@ FIXED_METRICS: dict[str, str] = {
         for group in ("e2e", "queue_wait", "storage_time", "ttft")
         for stat in LATENCY_STATS
     },
-    "read_amplification": "ratio",
+    "window.edge_fraction": "fraction",
     "errors.count": "count",
     "verify.mismatches": "count",
 }
@@ -157,6 +163,8 @@ def metric_kind(name: str) -> str | None:
     if len(parts) == 2 and parts[1] == "gbps":
         return "throughput"
     if len(parts) == 3 and parts[1] in TIER_OPS:
+        if parts[1] not in DATA_OPS and parts[2] in _BYTE_STATS:
+            return None  # deletes and evictions move no bytes: counts and latencies only
         return TIER_STATS.get(parts[2])
     return None
 
@@ -164,7 +172,8 @@ def metric_kind(name: str) -> str | None:
 def metric_names() -> list[str]:
     """Every valid metric name, for suggestions and docs."""
     names = [f"{t}.gbps" for t in known_tiers]
-    names += [f"{t}.{o}.{s}" for t in known_tiers for o in TIER_OPS for s in TIER_STATS]
+    names += [f"{t}.{o}.{s}" for t in known_tiers for o in TIER_OPS for s in TIER_STATS
+              if metric_kind(f"{t}.{o}.{s}")]
     return names + list(FIXED_METRICS)
 
 
@@ -178,8 +187,9 @@ def describe() -> str:
         f"  ops: {', '.join(TIER_OPS)}",
     ]
     for stat, kind in TIER_STATS.items():
-        lines.append(f"  .{stat:<6} {kind_help(kind)}")
-    lines.append(f"  <tier>.gbps  all ops, {kind_help('throughput')}")
+        only = f" (data ops only: {', '.join(DATA_OPS)})" if stat in _BYTE_STATS else ""
+        lines.append(f"  .{stat:<6} {kind_help(kind)}{only}")
+    lines.append(f"  <tier>.gbps  all data ops, {kind_help('throughput')}")
     lines.append("")
     lines.append("Other metrics:")
     for name, kind in FIXED_METRICS.items():
@@ -262,6 +272,18 @@ def _convert(text: str, metric: str, op: str, raw: str) -> tuple[float, str]:
     return canonical, num + unit
 
 
+def _check_possible(text: str, metric: str, op: str, value: float) -> None:
+    """Raise ConfigError for a threshold no measurement can ever meet: every metric is >= 0,
+    and fractions are <= 1, so e.g. ``nvme.read.p95<0`` or ``cache.hit_rate>100%`` is a typo."""
+    kind = metric_kind(metric)
+    never = ((op == "<" and value <= 0) or (op in ("<=", "==") and value < 0)
+             or (kind == "fraction" and ((op == ">" and value >= 1) or (op in (">=", "==") and value > 1))))
+    if never:
+        bound = "between 0 and 1" if kind == "fraction" else "0 or more"
+        raise _bad(text, f"{metric} is always {bound}, so this can never pass; fix the value or the "
+                         f"operator, e.g. {_example(metric, op if op != '<' else '<=')}")
+
+
 @dataclass(frozen=True)
 class Criterion:
     """One threshold. ``value`` is canonical (seconds, GB/s, fraction); ``text`` is for people."""
@@ -300,6 +322,7 @@ class Criterion:
         if metric_kind(metric) is None:
             raise _unknown_metric(text, metric)
         value, shown = _convert(text, metric, op, raw)
+        _check_possible(text, metric, op, value)
         return cls(metric=metric, op=op, value=value, text=f"{metric} {op} {shown}", source=source)
 
     @property
@@ -322,8 +345,12 @@ class Criterion:
 @dataclass(frozen=True)
 class Outcome:
     criterion: Criterion
-    measured: float | None  # canonical units; None when the metric is absent or NaN
+    measured: float | None  # canonical units; None when nothing was measured
     status: str  # "pass" | "fail" | "n/a"
+    reason: str | None = None  # why a criterion is n/a, or failed with nothing measured
+
+
+_LOAD_DEPENDENT_OPS = ("demote_read", "demote_write", "evict", "delete")
 
 
 def _as_number(v: object) -> float | None:
@@ -336,29 +363,85 @@ def _as_number(v: object) -> float | None:
     return None if math.isnan(f) else f
 
 
-def evaluate(criteria: Iterable[Criterion], metrics: Mapping[str, object],
-             tiers: Iterable[str] = ()) -> list[Outcome]:
-    """Judge each criterion. A metric the scenario did not produce (e.g. nvme figures in a
-    cpu-only scenario) or a NaN is "n/a", not a failure: a profile applies to every scenario.
+def not_applicable(metric: str, tiers: list[str], absent: Mapping[str, str]) -> str | None:
+    """Why ``metric`` cannot be produced by a scenario with ``tiers`` (fastest first) and the
+    features named in ``absent`` (metric name or ``prefix.`` -> reason), or None if it can."""
+    for key, reason in absent.items():
+        if metric == key or (key.endswith(".") and metric.startswith(key)):
+            return reason
+    parts = metric.split(".")
+    if parts[0] in known_tiers:
+        if parts[0] not in tiers:
+            return f"no {parts[0]} tier in this scenario"
+        if len(parts) == 3 and parts[1] not in possible_ops(tiers, parts[0]):
+            return f"{parts[1]} cannot happen on the {parts[0]} tier of {' > '.join(tiers)}"
+    if parts[0] == "storage" and storage_tier(tiers) is None:
+        return "no storage tier in this scenario"
+    return None
 
-    But a criterion the user set on a tier the scenario has (``tiers``) fails when nothing was
-    measured for it: a gate on nvme reads must not pass because no read happened.
+
+def _load_dependent(metric: str, tiers: list[str]) -> str | None:
+    """For a per-tier metric whose op happens only under some loads (a read from a lower tier
+    needs something demoted there first; demotions, evictions and deletes need a full tier or a
+    rewrite), the words for 'none happened'; else None."""
+    parts = metric.split(".")
+    if len(parts) != 3 or parts[0] not in tiers:
+        return None
+    if parts[1] in _LOAD_DEPENDENT_OPS or tiers.index(parts[0]) > 0:
+        return f"no {parts[1]} on the {parts[0]} tier completed in the window under this load"
+    return None
+
+
+def evaluate(criteria: Iterable[Criterion], metrics: Mapping[str, object],
+             tiers: Iterable[str] = (), absent: Mapping[str, str] | None = None) -> list[Outcome]:
+    """Judge each criterion against a scenario's flat metrics (design section 6).
+
+    - A metric the scenario cannot produce (a tier or op it does not have, or a feature named
+      in ``absent``) is "n/a", with the reason: a profile or a session-wide threshold applies
+      to every scenario.
+    - A profile's criterion on an op that only happens under some loads (demotions,
+      evictions, reads from a lower tier) is "n/a" when none happened, and says so.
+    - Any other metric with nothing measured fails: a gate must not pass because nothing
+      was judged.
     """
-    tiers = set(tiers)
+    tiers, absent = list(tiers), dict(absent or {})
     out = []
     for c in criteria:
         measured = _as_number(metrics.get(c.metric))
-        if measured is None:
-            user_gate = not c.source.startswith("profile") and c.metric.split(".")[0] in tiers
-            out.append(Outcome(c, None, "fail" if user_gate else "n/a"))
-        else:
+        if measured is not None:
             out.append(Outcome(c, measured, "pass" if c.check(measured) else "fail"))
+            continue
+        reason = not_applicable(c.metric, tiers, absent)
+        if reason:
+            out.append(Outcome(c, None, "n/a", reason))
+            continue
+        quiet = _load_dependent(c.metric, tiers)
+        if quiet and c.source.startswith("profile"):
+            out.append(Outcome(c, None, "n/a", quiet))
+        else:
+            out.append(Outcome(c, None, "fail", quiet or "nothing was measured for this metric in the window"))
     return out
 
 
 def passed(outcomes: Iterable[Outcome]) -> bool:
     """True unless some criterion failed; n/a never fails."""
     return all(o.status != "fail" for o in outcomes)
+
+
+def unjudged(criteria: Iterable[Criterion], outcomes_per_scenario: Iterable[list[Outcome]]) -> list[tuple[Criterion, list[str]]]:
+    """The user's criteria (not a profile's or the built-in ones) that no scenario judged,
+    each with the reasons the scenarios gave; the session fails on each (design section 6)."""
+    per = list(outcomes_per_scenario)
+    if not per:
+        return []
+    out = []
+    for c in criteria:
+        if c.source.startswith("profile") or c.source == BUILTIN_SOURCE:
+            continue
+        found = [o for outs in per for o in outs if o.criterion == c]
+        if found and all(o.status == "n/a" for o in found):
+            out.append((c, sorted({o.reason or "n/a" for o in found})))
+    return out
 
 
 # --------------------------------------------------------------------------- profiles
@@ -381,6 +464,21 @@ PROFILES: dict[str, list[str]] = {
         "requests.completed>=1",
     ],
 }
+
+
+BUILTIN_SOURCE = "built-in"
+
+BUILTIN: list[str] = [
+    # an entry that no tier could hold was never stored: the run measured less than the
+    # workload asked for (raise the budget the failure message names, or set your own bound)
+    "cache.entries_dropped<=0",
+]
+"""Criteria every scenario is judged on, whatever ``--kv-profile``; a user's bound on the same
+metric and direction replaces one (``merge``)."""
+
+
+def builtin_criteria() -> list[Criterion]:
+    return [Criterion.parse(t, source=BUILTIN_SOURCE) for t in BUILTIN]
 
 
 def profile_criteria(name: str) -> list[Criterion]:
@@ -449,16 +547,21 @@ _STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "n/a": "n/a"}
 
 def render_table(outcomes: Iterable[Outcome]) -> str:
     """Every criterion with its measured value, so a CI log shows what passed as well as what not."""
+    outcomes = list(outcomes)
     rows = [
         [
             o.criterion.text,
-            format_value(o.criterion.metric, o.measured),
+            "n/a" if o.measured is None else format_value(o.criterion.metric, o.measured),
             _STATUS_LABEL[o.status],
             o.criterion.source,
         ]
+        + ([o.reason or ""] if any(x.reason for x in outcomes) else [])
         for o in outcomes
     ]
-    return tabulate(rows, headers=["criterion", "measured", "status", "source"], tablefmt="simple")
+    headers = ["criterion", "measured", "status", "source"]
+    if any(o.reason for o in outcomes):
+        headers.append("why")
+    return tabulate(rows, headers=headers, tablefmt="simple")
 
 
 if __name__ == "__main__":

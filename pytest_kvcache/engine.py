@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -16,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import BackendContext, BackendRegistry
-from .cache import MultiTierCache
+from .cache import HIGH_WATER, MultiTierCache
 from .criteria import Criterion, evaluate
 from .devstats import DeviceWindow
 from .errors import ConfigError
 from .fsinfo import block_device_for, free_bytes
-from .metrics import compute
+from .metrics import compute, headline
 from .models import ModelSpec
+from .ops import READ_OPS, WRITE_OPS, storage_tier
 from .payload import NoiseSource, StagingBuffers, Verifier
 from .recorder import Recorder
 from .result import ScenarioResult
@@ -32,6 +35,11 @@ from .tiers import TierConfig, tier_specs
 from .workload import Trace
 
 MiB = 1 << 20
+
+IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_block_mb", "max_inflight",
+                       "gpu_mem_gb", "cpu_mem_gb", "nvme_capacity_gb", "file_io_mode", "file_recycle",
+                       "duration", "warmup", "verify")
+"""Settings besides the trace that change which I/O a scenario does (the workload hash covers them)."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -138,7 +146,7 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
                  criteria: list[Criterion], on_tick=None) -> ScenarioResult:
     recorder = Recorder()
     cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
-    storage = [b.tier for b in prov.backends if b.tier not in ("gpu", "cpu")]
+    storage = storage_tier(prov.tier_names)
     device = DeviceWindow(block_device_for(prov.run_dir)) if storage else None
 
     def tick(runner, elapsed_s):
@@ -152,7 +160,7 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
     ), window_hooks=(device,) if device else (), on_tick=tick)
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
-               storage[-1] if storage else None, started=time.time())  # wall clock: the report only
+               storage, started=time.time())  # wall clock: the report only
     try:
         runner.run()
     except KeyboardInterrupt as exc:
@@ -191,7 +199,7 @@ class _Run:
         if counters.get("available"):
             window = self.recorder.window
             app = {kind: sum(window[(self.storage_tier, op)].bytes for op in ops if (self.storage_tier, op) in window)
-                   for kind, ops in (("read", ("read", "demote_read")), ("write", ("write", "demote_write")))}
+                   for kind, ops in (("read", READ_OPS), ("write", WRITE_OPS))}
             for kind, nbytes in app.items():
                 counters[f"app_{kind}_bytes"] = nbytes
                 counters[f"{kind}_ratio"] = round(counters[f"{kind}_bytes"] / nbytes, 4) if nbytes else None
@@ -212,15 +220,16 @@ class _Run:
         # What this load needs: the KV of every open conversation at its peak (the answer to
         # "how much memory do I need"; a tier smaller than this must demote or evict).
         summary["kv_working_set_peak_bytes"] = info.peak_live_tokens * self.model.bytes_per_token
-        return ScenarioResult(
+        flat["cache.entries_dropped"] = cache.dropped
+        summary["entries_dropped"] = self._dropped()
+        outcomes = evaluate(self.criteria, flat, prov.tier_names, self._absent(flat))
+        result = ScenarioResult(
             name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
-            metrics=flat, summary=summary, outcomes=evaluate(self.criteria, flat, prov.tier_names),
+            metrics=flat, summary=summary, outcomes=outcomes,
             invariant_problems=problems, errors=list(info.errors),
             backends=[b.describe() for b in prov.backends], occupancy=occupancy,
             device_counters=self._device_counters(),
-            trace={"sha256": self.trace.sha256(), "requests": len(self.trace), "users": len(self.trace.per_user),
-                   "requests_started": info.requests_started, "requests_finished": info.requests_finished,
-                   "exhausted": info.trace_exhausted},
+            trace=self._trace_identity(),
             run={"aborted": info.aborted, "entries_dropped": cache.dropped,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
                  "staging_bytes": prov.ctx.staging.allocated_bytes,
@@ -229,3 +238,52 @@ class _Run:
             settings=self.settings.to_dict(), model=self.model.to_dict(),
             samples={key: w.latency.seconds() for key, w in recorder.window.items()},
         )
+        summary["headline"] = headline(summary, prov.tier_names, result.status,
+                                       {"entries_dropped": cache.dropped})
+        return result
+
+    def _dropped(self) -> dict:
+        """Entries the cache could not store, and the budget that would have held the largest."""
+        cache = self.cache
+        out = {"count": cache.dropped, "too_big": cache.dropped_too_big,
+               "no_room": cache.dropped - cache.dropped_too_big, "largest_bytes": cache.dropped_largest or None,
+               "fix": None}
+        if cache.dropped:
+            last = self.prov.tier_names[-1]
+            flag = {"gpu": "--kv-gpu-mem-gb", "cpu": "--kv-cpu-mem-gb"}.get(last, "--kv-nvme-capacity-gb")
+            need = cache.dropped_largest / HIGH_WATER / 1e9
+            out["fix"] = (f"{cache.dropped} entries were not stored ({cache.dropped_too_big} larger than every tier's "
+                          f"high-water mark of {HIGH_WATER:.0%} of its budget; the largest {cache.dropped_largest / 1e6:,.1f} MB): "
+                          f"raise {flag} to at least {need:.3g} GB (or lower --kv-chunk-tokens), or accept them "
+                          "with --kv-threshold 'cache.entries_dropped<=N'")
+        return out
+
+    def _absent(self, flat: dict) -> dict:
+        """Features this scenario does not have -> why their metrics are n/a (criteria.evaluate)."""
+        absent = {"cache.hit_rate.prefix": "this workload has no shared prefixes",
+                  "cache.hit_rate.rag": "this workload has no RAG documents"}
+        if self.settings.read_model != "reference":
+            absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
+        if self.prov.ctx.verifier is None:
+            absent["verify."] = "--kv-verify is off"
+        return absent
+
+    def _trace_identity(self) -> dict:
+        """What identifies the workload this scenario ran, and exactly what each hash covers."""
+        info, trace = self.runner.info, self.trace
+        shaping = {k: self.settings.to_dict()[k] for k in IO_SHAPING_SETTINGS}
+        workload = {"trace_sha256": trace.sha256(), "scenario": self.prov.config.name,
+                    "tiers": self.prov.tier_names, "model": self.model.to_dict(), "settings": shaping}
+        return {
+            "sha256": trace.sha256(),
+            "covers": "the request list only: every user's requests in order (conversation, turn, persona, QoS "
+                      "class, context and generated tokens, think time), as canonical JSON lines",
+            "workload_sha256": hashlib.sha256(json.dumps(workload, sort_keys=True, default=str).encode()).hexdigest(),
+            "workload_covers": "the trace hash, the scenario's tiers, the model and the settings that shape its I/O: "
+                               + ", ".join(IO_SHAPING_SETTINGS),
+            "requests": len(trace), "users": len(trace.per_user),
+            "requests_started": info.requests_started, "requests_finished": info.requests_finished,
+            "replayed": ("the whole trace" if info.trace_exhausted else
+                         "a prefix of each user's list: closed-loop users stop when the window closes"),
+            "exhausted": info.trace_exhausted,
+        }

@@ -14,13 +14,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .errors import ConfigError
+from .metrics import HEADLINE
 from .report import SCHEMA_VERSION
-
-FIXED = (("status", "status"), ("requests", "total_requests"), ("window_s", "window_s"),
-         ("system_tokens_per_sec", "total_tokens_per_sec"),
-         ("storage_tokens_per_sec", "storage_throughput_tokens_per_sec"),
-         ("storage_read_gbps", "storage_read_gbps"), ("storage_write_gbps", "storage_write_gbps"),
-         ("cache_hit_rate", "cache_hit_rate"), ("read_amplification", "read_amplification"))
 
 
 def load_report(path: str | Path) -> dict:
@@ -41,18 +36,18 @@ def load_report(path: str | Path) -> dict:
 
 
 def scenario_row(report: dict, scn: dict) -> dict:
+    """One CSV row: the summary's headline figures (``metrics.HEADLINE``), then per-tier p95s."""
     s = scn.get("summary", {})
     row = {"report": report.get("label", ""), "model": report.get("model", {}).get("name", ""),
            "scenario": scn["name"], "tiers": ">".join(scn.get("tiers", []))}
-    for column, key in FIXED:
-        row[column] = scn.get(key) if key == "status" else s.get(key)
-    for name in ("end_to_end_latency_ms", "ttft_ms", "queue_wait_ms"):
-        row[name.replace("_ms", "_p95_ms")] = s.get(name, {}).get("p95")
+    figures = s.get("headline") or {}
+    for key, _, _ in HEADLINE:
+        row[key] = scn.get("status") if key == "status" else figures.get(key)
     for tier, ops in s.get("tiers", {}).items():
         for op in ("read", "write", "demote_write"):
             if op in ops:
                 row[f"{tier}_{op}_p95_ms"] = ops[op]["latency_ms"].get("p95")
-                row[f"{tier}_{op}_gbps"] = ops[op]["gbps"]
+                row[f"{tier}_{op}_gbps"] = ops[op].get("gbps")
     dev = scn.get("device_counters", {})
     if dev.get("available"):
         row["device_read_ratio"], row["device_write_ratio"] = dev.get("read_ratio"), dev.get("write_ratio")

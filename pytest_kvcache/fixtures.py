@@ -107,10 +107,8 @@ class ProgressLine:
     def __call__(self, runner, elapsed_s: float) -> None:
         if self.tr is None:
             return
-        rec = runner.recorder
-        ops = sum(w.count for w in rec.window.values())
-        nbytes = sum(w.bytes for (_, op), w in rec.window.items() if op not in ("evict", "delete"))
-        gbps = nbytes / rec.window_s / 1e9 if rec.window_s else 0.0
+        ops, moved, window_s = runner.recorder.progress()
+        gbps = moved / window_s / 1e9 if window_s else 0.0
         self._write(f"\r[kvcache] {self.name} {elapsed_s:5.1f}/{self.total:g} s | {ops:,} ops | "
                     f"{gbps:.2f} GB/s | {runner.active_users()} users ")
         self.shown = True

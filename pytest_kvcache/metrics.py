@@ -1,77 +1,111 @@
 """Turn a finished run into figures: a flat metric dict for criteria and a report summary.
 
-Throughputs divide the bytes of I/O that *completed* inside the window by the window's length.
-The flat dict uses canonical units (seconds, GB/s = 1e9 B/s, fractions); the summary keeps the
-MLPerf reference's key names where they mean the same, with latencies in milliseconds.
+Throughputs divide the bytes of transfers that *completed* inside the window by the window's
+length; only data ops (``ops.DATA_OPS``) move bytes. The flat dict uses canonical units
+(seconds, GB/s = 1e9 B/s, fractions) and holds only figures with something behind them: a hit
+rate with no lookups or a latency with no samples is absent from it, and ``None`` (JSON null,
+"n/a") in the summary, never 0. The summary keeps the MLPerf reference's key names where they
+mean the same, with latencies in milliseconds; ``summary["headline"]`` is the one ordered set of
+headline figures that the terminal, CSV, JUnit properties, pytest-benchmark and plots all show.
 """
 
 from __future__ import annotations
 
+from .ops import DATA_OPS, READ_OPS, WRITE_OPS, headline_op, storage_tier
 from .recorder import Recorder
 
-DATA_OPS = ("read", "write", "demote_read", "demote_write")
-MEMORY_TIERS = ("gpu", "cpu")
 LATENCY_KEYS = ("mean", "p50", "p95", "p99", "p999", "max")
 
+EDGE_WARN_FRACTION = 0.05
+"""A window whose edge bytes (transfers in flight as it opened or closed) exceed this share of
+the bytes it counted is flagged as too short for the load: its byte figures are uncertain by more
+than 5%."""
 
-def storage_tier(tiers: list[str]) -> str | None:
-    """The tier whose figures are 'storage': the slowest one that is not memory."""
-    below_memory = [t for t in tiers if t not in MEMORY_TIERS]
-    return below_memory[-1] if below_memory else None
+HEADLINE: tuple[tuple[str, str, str], ...] = (
+    # (key, label, unit): the figures every renderer shows, in this order
+    ("status", "status", ""),
+    ("requests", "requests", "count"),
+    ("window_s", "window", "s"),
+    ("system_tokens_per_sec", "generated", "tok/s"),
+    ("storage_tokens_per_sec", "storage", "tok/s"),
+    ("storage_read_gbps", "storage read", "GB/s"),
+    ("storage_write_gbps", "storage write", "GB/s"),
+    ("cache_hit_rate", "hit rate", "%"),
+    ("storage_read_tokens_per_generated_token", "storage read tokens per generated token", "x"),
+    ("e2e_p95_ms", "e2e p95", "ms"),
+    ("ttft_p95_ms", "TTFT p95", "ms"),
+    ("queue_wait_p95_ms", "queue wait p95", "ms"),
+    ("headline_op", "headline op", ""),
+    ("headline_p95_ms", "headline p95", "ms"),
+    ("headline_gbps", "headline", "GB/s"),
+    ("entries_dropped", "entries dropped", "count"),
+    ("window_edge_fraction", "bytes in flight at the window's edges", "%"),
+)
 
 
 def _ms(stats: dict) -> dict:
     return {k: round(stats[k] * 1e3, 4) for k in LATENCY_KEYS if k in stats}
 
 
+def _round(value, digits: int):
+    return None if value is None else round(value, digits)
+
+
 def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
-    window = recorder.window_s or float("nan")
+    """``(flat, summary)`` of a run whose window has closed; ``tiers`` fastest first."""
+    window = recorder.window_s
+    rate = (lambda x: x / window) if window > 0 else (lambda x: None)
     flat: dict[str, float] = {"window_s": window}
     per_tier: dict[str, dict] = {}
     tier_bytes: dict[str, int] = {}
-    read_tokens = 0
+    moved = edge = 0
     for (tier, op), w in sorted(recorder.window.items()):
         stats = w.latency.stats()
         prefix = f"{tier}.{op}"
+        figures = {"count": w.count, "iops": _round(rate(w.count), 3)}
         flat[f"{prefix}.count"] = w.count
-        flat[f"{prefix}.bytes"] = w.bytes
-        flat[f"{prefix}.gbps"] = w.bytes / window / 1e9
-        flat[f"{prefix}.iops"] = w.count / window
+        if rate(w.count) is not None:
+            flat[f"{prefix}.iops"] = rate(w.count)
+        if op in DATA_OPS:
+            figures.update(bytes=w.bytes, tokens=round(w.tokens, 3), edge_bytes=w.edge_bytes,
+                           gbps=_round(rate(w.bytes / 1e9), 6))
+            flat[f"{prefix}.bytes"] = w.bytes
+            if rate(w.bytes) is not None:
+                flat[f"{prefix}.gbps"] = rate(w.bytes) / 1e9
+            tier_bytes[tier] = tier_bytes.get(tier, 0) + w.bytes
+            moved += w.bytes
+            edge += w.edge_bytes
         for k in LATENCY_KEYS:
             if k in stats:
                 flat[f"{prefix}.{k}"] = stats[k]
-        per_tier.setdefault(tier, {})[op] = {
-            "count": w.count, "bytes": w.bytes, "tokens": w.tokens,
-            "gbps": round(w.bytes / window / 1e9, 6), "iops": round(w.count / window, 3),
-            "latency_ms": _ms(stats), "latency_exact": stats.get("exact", True),
-            "latency_cdf_ms": w.latency.quantiles_ms(),
-        }
-        if op in DATA_OPS:
-            tier_bytes[tier] = tier_bytes.get(tier, 0) + w.bytes
-        if op == "read":
-            read_tokens += w.tokens
+        figures.update(latency_ms=_ms(stats), latency_exact=stats.get("exact", True),
+                       latency_cdf_ms=w.latency.quantiles_ms())
+        per_tier.setdefault(tier, {})[op] = figures
     for tier, nbytes in tier_bytes.items():
-        flat[f"{tier}.gbps"] = nbytes / window / 1e9
+        if rate(nbytes) is not None:
+            flat[f"{tier}.gbps"] = rate(nbytes) / 1e9
+    edge_fraction = edge / moved if moved else None
+    if edge_fraction is not None:
+        flat["window.edge_fraction"] = edge_fraction
 
     storage = storage_tier(tiers)
-    storage_tokens = 0
-    if storage is not None:
+    storage_read_tokens = None
+    if storage is not None and window > 0:
         ops = {op: recorder.window.get((storage, op)) for op in DATA_OPS}
-        rd = sum(ops[o].bytes for o in ("read", "demote_read") if ops[o])
-        wr = sum(ops[o].bytes for o in ("write", "demote_write") if ops[o])
-        storage_tokens = sum(o.tokens for o in ops.values() if o)
+        rd = sum(ops[o].bytes for o in READ_OPS if ops[o])
+        wr = sum(ops[o].bytes for o in WRITE_OPS if ops[o])
         flat["storage.read_gbps"] = rd / window / 1e9
         flat["storage.write_gbps"] = wr / window / 1e9
         flat["storage.gbps"] = (rd + wr) / window / 1e9
-        flat["storage.throughput_tokens_per_sec"] = storage_tokens / window
+        flat["storage.throughput_tokens_per_sec"] = sum(o.tokens for o in ops.values() if o) / window
+        storage_read_tokens = ops["read"].tokens if ops["read"] else 0.0
 
     # the headline hit rate counts a request's loads, not the reference model's decode re-reads
     # of what it has just loaded (the MLPerf reference inflates its hit rate that way)
     loads = [hm for kind, hm in recorder.lookups.items() if kind != "decode"]
-    hits = sum(h for h, _ in loads)
     lookups = sum(h + m for h, m in loads)
     if lookups:
-        flat["cache.hit_rate"] = hits / lookups
+        flat["cache.hit_rate"] = sum(h for h, _ in loads) / lookups
     for kind, (h, m) in recorder.lookups.items():
         if h + m:
             flat[f"cache.hit_rate.{kind}"] = h / (h + m)
@@ -80,10 +114,13 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
     completed = counters.get("requests", 0)
     generated = counters.get("generated_tokens", 0)
     flat["requests.completed"] = completed
-    flat["requests.per_sec"] = completed / window
-    flat["system.tokens_per_sec"] = generated / window
-    if generated:
-        flat["read_amplification"] = read_tokens / generated
+    if window > 0:
+        flat["requests.per_sec"] = completed / window
+        flat["system.tokens_per_sec"] = generated / window
+    if storage_read_tokens is not None and generated:
+        # design section 6: storage-tier tokens read per generated token (reads that served
+        # requests; writes and other tiers' reads are not part of it)
+        flat["storage.read_tokens_per_generated_token"] = storage_read_tokens / generated
     flat["errors.count"] = recorder.error_count
     request_stats = {name: s.stats() for name, s in recorder.requests.items()}
     for name, stats in request_stats.items():
@@ -91,26 +128,33 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
             if k in stats:
                 flat[f"{name}.{k}"] = stats[k]
 
+    def latency_ms(name: str) -> dict:
+        return _ms(request_stats.get(name, {}))
+
     summary = {
         "window_s": round(window, 3),
         "total_requests": completed,
         "total_tokens_generated": generated,
-        "total_tokens_per_sec": round(flat["system.tokens_per_sec"], 3),
-        "requests_per_second": round(flat["requests.per_sec"], 3),
+        "total_tokens_per_sec": _round(flat.get("system.tokens_per_sec"), 3),
+        "requests_per_second": _round(flat.get("requests.per_sec"), 3),
         "storage_tier": storage,
-        "storage_throughput_tokens_per_sec": round(flat.get("storage.throughput_tokens_per_sec", 0.0), 3),
-        "storage_read_gbps": round(flat.get("storage.read_gbps", 0.0), 6),
-        "storage_write_gbps": round(flat.get("storage.write_gbps", 0.0), 6),
-        "cache_hit_rate": round(flat.get("cache.hit_rate", 0.0), 6),
+        "storage_throughput_tokens_per_sec": _round(flat.get("storage.throughput_tokens_per_sec"), 3),
+        "storage_read_gbps": _round(flat.get("storage.read_gbps"), 6),
+        "storage_write_gbps": _round(flat.get("storage.write_gbps"), 6),
+        "cache_hit_rate": _round(flat.get("cache.hit_rate"), 6),
         "hit_rates": {k: round(v, 6) for k, v in flat.items() if k.startswith("cache.hit_rate.")},
         "cache_lookups": {k: {"hits": h, "misses": m} for k, (h, m) in recorder.lookups.items()},
-        "read_amplification": round(flat.get("read_amplification", 0.0), 3),
-        "end_to_end_latency_ms": _ms(request_stats.get("e2e", {})),
-        "queue_wait_ms": _ms(request_stats.get("queue_wait", {})),
-        "storage_io_latency_ms": _ms(request_stats.get("storage_time", {})),
-        "generation_latency_ms": _ms(request_stats.get("generation_time", {})),
-        "ttft_ms": _ms(request_stats.get("ttft", {})),
+        "storage_read_tokens_per_generated_token": _round(flat.get("storage.read_tokens_per_generated_token"), 3),
+        "end_to_end_latency_ms": latency_ms("e2e"),
+        "queue_wait_ms": latency_ms("queue_wait"),
+        "storage_io_latency_ms": latency_ms("storage_time"),
+        "generation_latency_ms": latency_ms("generation_time"),
+        "ttft_ms": latency_ms("ttft"),
         "tiers": per_tier,
+        "window_bytes": moved,
+        "window_edge_bytes": edge,
+        "window_edge_fraction": _round(edge_fraction, 4),
+        "window_warning": _window_warning(edge_fraction, edge),
         "counters": dict(sorted(counters.items())),
         "run_counters": dict(sorted(recorder.run_counters.items())),
         # every I/O of the run, warm-up and drain included (the window's figures are in tiers)
@@ -125,3 +169,41 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
             if "p95" in figures["latency_ms"]:
                 summary[f"{tier}_{op}_p95_ms"] = figures["latency_ms"]["p95"]
     return flat, summary
+
+
+def _window_warning(edge_fraction: float | None, edge: int) -> str | None:
+    if edge_fraction is None or edge_fraction <= EDGE_WARN_FRACTION:
+        return None
+    return (f"window too short for this load: {edge / 1e9:.3f} GB ({edge_fraction:.0%} of the bytes counted) "
+            "were in flight as the window opened or closed, so byte figures are uncertain by that much; "
+            "lengthen --kv-duration")
+
+
+def headline(summary: dict, tiers: list[str], status: str, extra: dict | None = None) -> dict:
+    """The ``HEADLINE`` figures of one scenario as ``{key: value}`` in order; None is n/a.
+
+    ``extra`` supplies figures that are not in the summary (``entries_dropped``).
+    """
+    by_tier = summary.get("tiers", {})
+    picked = headline_op(tiers, lambda t, o: bool(by_tier.get(t, {}).get(o, {}).get("count")))
+    op_figures = by_tier[picked[0]][picked[1]] if picked else {}
+    values = {
+        "status": status,
+        "requests": summary.get("total_requests"),
+        "window_s": summary.get("window_s"),
+        "system_tokens_per_sec": summary.get("total_tokens_per_sec"),
+        "storage_tokens_per_sec": summary.get("storage_throughput_tokens_per_sec"),
+        "storage_read_gbps": summary.get("storage_read_gbps"),
+        "storage_write_gbps": summary.get("storage_write_gbps"),
+        "cache_hit_rate": summary.get("cache_hit_rate"),
+        "storage_read_tokens_per_generated_token": summary.get("storage_read_tokens_per_generated_token"),
+        "e2e_p95_ms": summary.get("end_to_end_latency_ms", {}).get("p95"),
+        "ttft_p95_ms": summary.get("ttft_ms", {}).get("p95"),
+        "queue_wait_p95_ms": summary.get("queue_wait_ms", {}).get("p95"),
+        "headline_op": f"{picked[0]}.{picked[1]}" if picked else None,
+        "headline_p95_ms": op_figures.get("latency_ms", {}).get("p95"),
+        "headline_gbps": op_figures.get("gbps"),
+        "window_edge_fraction": summary.get("window_edge_fraction"),
+        **(extra or {}),
+    }
+    return {key: values.get(key) for key, _, _ in HEADLINE}

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from .criteria import format_value
-from .report import OP_ORDER
+from .metrics import HEADLINE
+from .ops import op_order
+from .report import format_figure
 
 PLOTS_MISSING = "plots need matplotlib: pip install 'pytest-kvcache[plots]'"
 
@@ -88,10 +90,6 @@ def _find(rep: dict, name: str) -> dict | None:
     return None
 
 
-def _op_key(op: str) -> int:
-    return OP_ORDER.index(op) if op in OP_ORDER else len(OP_ORDER)
-
-
 def _style(i: int, multi: bool) -> dict:
     """Line style of the i-th report."""
     if not multi:
@@ -152,7 +150,7 @@ def _plot_cdf(name: str, runs: list[tuple[str, dict | None]], path: Path) -> Non
                         "fraction of operations")
     multi = len(runs) > 1
     keys = _union(runs, lambda s: [(tier, op) for tier, ops in (s.get("tiers") or {}).items() for op in ops])
-    keys.sort(key=lambda k: (k[0], _op_key(k[1])))
+    keys.sort(key=lambda k: (k[0], op_order(k[1])))
     colours = _colours(keys)
     drawn = 0
     for i, (label, sc) in enumerate(runs):
@@ -178,7 +176,7 @@ def _plot_cdf(name: str, runs: list[tuple[str, dict | None]], path: Path) -> Non
 
 def _plot_throughput(name: str, runs: list[tuple[str, dict | None]], path: Path) -> None:
     fig, ax = _new_axes(f"{name}: throughput over time per tier", "time in window (s)",
-                        "GB/s (bytes completed, all ops)")
+                        "GB/s (bytes of data ops' transfers completed)")
     multi = len(runs) > 1
     tiers = _union(runs, lambda s: list(s.get("timeline_bytes") or {}))
     colours = _colours(tiers)
@@ -262,15 +260,6 @@ def _cls(status) -> str:
     return _STATUS_CLASS.get(str(status), "na")
 
 
-def _num(value, fmt: str) -> str:
-    if value is None:
-        return "-"
-    try:
-        return format(value, fmt)
-    except (TypeError, ValueError):
-        return _e(value)
-
-
 def _criteria_counts(sc: dict) -> str:
     crit = sc.get("criteria", []) or []
     if not crit:
@@ -283,8 +272,14 @@ def _criteria_counts(sc: dict) -> str:
     return " ".join(parts)
 
 
+_SUMMARY_FIGURES = ("requests", "storage_tokens_per_sec", "cache_hit_rate", "e2e_p95_ms")
+"""Headline figures (``metrics.HEADLINE`` keys) the HTML summary table shows per report."""
+
+
 def _summary_table(names, labels, reports, anchors) -> list[str]:
-    cols = ("status", "requests", "storage tok/s", "hit rate", "e2e p95 ms", "criteria")
+    units = {key: (label, unit) for key, label, unit in HEADLINE}
+    cols = ("status", *(f"{units[k][0]} ({units[k][1]})" if units[k][1] not in ("", "count") else units[k][0]
+                        for k in _SUMMARY_FIGURES), "criteria")
     out = ["<table>", "<thead><tr><th rowspan=\"2\">scenario</th>"]
     out += [f'<th colspan="{len(cols)}">{_e(label)}</th>' for label in labels]
     out.append("</tr><tr>")
@@ -297,16 +292,10 @@ def _summary_table(names, labels, reports, anchors) -> list[str]:
             if sc is None:
                 out.append(f'<td class="na" colspan="{len(cols)}">not in this report</td>')
                 continue
-            s = sc.get("summary", {}) or {}
-            hit = s.get("cache_hit_rate")
-            e2e = (s.get("end_to_end_latency_ms") or {}).get("p95")
-            out.append(
-                f'<td class="{_cls(sc.get("status"))}">{_e(sc.get("status", "?"))}</td>'
-                f'<td class="num">{_num(s.get("total_requests"), ",")}</td>'
-                f'<td class="num">{_num(s.get("storage_throughput_tokens_per_sec"), ",.1f")}</td>'
-                f'<td class="num">{"-" if hit is None else _num(hit * 100, ".1f") + "%"}</td>'
-                f'<td class="num">{_num(e2e, ",.1f")}</td>'
-                f'<td class="nowrap">{_criteria_counts(sc)}</td>')
+            figures = (sc.get("summary", {}) or {}).get("headline") or {}
+            out.append(f'<td class="{_cls(sc.get("status"))}">{_e(sc.get("status", "?"))}</td>')
+            out += [f'<td class="num">{_e(format_figure(figures.get(k), units[k][1]))}</td>' for k in _SUMMARY_FIGURES]
+            out.append(f'<td class="nowrap">{_criteria_counts(sc)}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
     return out

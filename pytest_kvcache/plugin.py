@@ -151,6 +151,8 @@ def pytest_sessionfinish(session, exitstatus):
         session.config.workeroutput["kvcache_results"] = [r.to_dict() for r in kv.results]
         return
     kv.write_report(final=True)
+    if kv.unjudged() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -162,8 +164,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for result in kv.results:
         tr.write_line(scenario_text(result))
         tr.write_line("")
+    for criterion, reasons in kv.unjudged():
+        tr.write_line(f"FAILED criterion {criterion.text} ({criterion.source}): no scenario of this session could judge "
+                      f"it ({'; '.join(reasons)}); select a scenario that produces {criterion.metric} or remove it",
+                      red=True)
     s = kv.results[0]
-    tr.write_line(f"trace sha256 {s.trace.get('sha256')} (seed {kv.settings.seed}, {s.trace.get('requests')} requests)")
+    tr.write_line(f"trace sha256 {s.trace.get('sha256')} (the request list; seed {kv.settings.seed}, "
+                  f"{s.trace.get('requests')} requests); each scenario's workload_sha256 adds its tiers, model and I/O settings")
     if kv.report_path is not None:
         tr.write_line(f"JSON report: {kv.report_path} (CSV: {kv.report_path.with_suffix('.csv').name})")
     if kv.settings.plots:

@@ -1,9 +1,13 @@
 """Every I/O and request of a run, kept in bounded memory.
 
-An I/O counts toward the window's figures when it *completes* inside the window, with all
-of its bytes; I/O that completes outside (warm-up, drain) only feeds the run totals. Latency
-samples are kept exactly up to a cap per series and by reservoir sampling beyond it, so memory
-does not grow with the run's length.
+Bytes count as each *transfer* of an I/O completes inside the window (a 32 MiB chunk written
+in 4 MiB transfers adds 4 MiB at a time), so a window that is short against the time one chunk
+takes under load is not under-counted; an I/O's count and latency go to the window when the
+whole I/O completes inside it. Transfers that were in flight at the window's opening or closing
+are summed as ``edge_bytes``: the uncertainty of every byte figure (design section 5). Only data
+ops (``ops.DATA_OPS``) move bytes; deletes and evictions are counts and latencies. I/O outside
+the window (warm-up, drain) only feeds the run totals. Latency samples are kept exactly up to
+a cap per series and by reservoir sampling beyond it, so memory does not grow with the run.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import IOResult
+from .ops import DATA_OPS
 
-OPS = ("read", "write", "demote_read", "demote_write", "evict", "delete")
 PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 SAMPLE_CAP = 100_000
 
@@ -81,9 +85,12 @@ class Series:
 
 @dataclass
 class OpTotals:
+    """One (tier, op) inside the window: I/Os completed, bytes and tokens moved, edge bytes."""
+
     count: int = 0
-    bytes: int = 0
-    tokens: int = 0
+    bytes: int = 0  # data ops only: bytes of transfers that completed inside the window
+    tokens: float = 0.0  # KV tokens those bytes hold (an entry's tokens pro rata to its bytes)
+    edge_bytes: int = 0  # bytes of transfers in flight at the window's opening or closing
     latency: Series = field(default_factory=Series)
 
 
@@ -101,7 +108,7 @@ class Recorder:
         self.run_counters: dict[str, int] = {}  # the whole run, warm-up and drain included
         self.lookups: dict[str, list[int]] = {}  # kind -> [hits, misses] inside the window
         self.timeline_step_ns = int(timeline_step_s * 1e9)
-        self.timeline: dict[str, list[int]] = {}  # tier -> bytes completed per step of the window
+        self.timeline: dict[str, list[int]] = {}  # tier -> data-op bytes completed per step of the window
         self.errors: list[str] = []
         self.error_count = 0
         self.occupancy: list[tuple[float, dict]] = []  # (seconds into the window, {tier: bytes})
@@ -128,25 +135,50 @@ class Recorder:
 
     # -- events ---------------------------------------------------------------
     def io(self, tier: str, op: str, res: IOResult, tokens: int) -> None:
+        """Record one completed backend I/O of ``tokens`` KV tokens (see the module docstring)."""
         key = (tier, op)
+        moves_bytes = op in DATA_OPS
+        parts = res.parts() if moves_bytes else ()
         with self._lock:
             tot = self.total.setdefault(key, [0, 0])
             tot[0] += 1
-            tot[1] += res.nbytes
-            if not self.in_window(res.end_ns):
+            tot[1] += res.nbytes if moves_bytes else 0
+            ws, we = self.window_start_ns, self.window_end_ns
+            if ws is None:
+                return
+            inside = edge = 0
+            steps = []
+            for start, end, n in parts:
+                if end >= ws and (we is None or end <= we):
+                    inside += n
+                    steps.append(((end - ws) // self.timeline_step_ns, n))
+                if start < ws < end or (we is not None and start < we < end):
+                    edge += n
+            completed = self.in_window(res.end_ns)
+            if not (completed or inside or edge):
                 return
             w = self.window.get(key)
             if w is None:
                 w = self.window[key] = OpTotals(latency=Series(seed=zlib.crc32(f"{tier}.{op}".encode())))
-            w.count += 1
-            w.bytes += res.nbytes
-            w.tokens += tokens
-            w.latency.add(res.dur_ns)
-            step = (res.end_ns - self.window_start_ns) // self.timeline_step_ns
-            line = self.timeline.setdefault(tier, [])
-            while len(line) <= step:
-                line.append(0)
-            line[step] += res.nbytes
+            if completed:
+                w.count += 1
+                w.latency.add(res.dur_ns)
+            if inside:
+                w.bytes += inside
+                w.tokens += tokens * inside / res.nbytes
+                line = self.timeline.setdefault(tier, [])
+                for step, n in steps:
+                    while len(line) <= step:
+                        line.append(0)
+                    line[step] += n
+            w.edge_bytes += edge
+
+    def progress(self) -> tuple[int, int, float]:
+        """(I/Os completed, data-op bytes moved, seconds) of the window so far, read under the lock."""
+        with self._lock:
+            ops = sum(w.count for w in self.window.values())
+            moved = sum(w.bytes for w in self.window.values())
+        return ops, moved, self.window_s
 
     def lookup(self, kind: str, hit: bool, t_ns: int) -> None:
         with self._lock:

@@ -17,9 +17,10 @@ from tabulate import tabulate
 
 from . import __version__
 from .criteria import render_table
+from .metrics import HEADLINE
+from .ops import DATA_OPS, op_order
 
-SCHEMA_VERSION = 1
-OP_ORDER = ("read", "write", "demote_read", "demote_write", "evict", "delete")
+SCHEMA_VERSION = 2
 
 
 def build_report(session, final: bool) -> dict:
@@ -34,6 +35,8 @@ def build_report(session, final: bool) -> dict:
         "seed": session.settings.seed,
         "criteria": [c.text for c in session.criteria],
         "scenarios": [r.to_dict() for r in session.results],
+        "unjudged_criteria": [{"criterion": c.text, "source": c.source, "reasons": reasons}
+                              for c, reasons in session.unjudged()],
     }
 
 
@@ -51,17 +54,46 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def _ms(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_figure(value, unit: str) -> str:
+    """One headline figure for people: "n/a" when nothing was measured."""
+    if value is None:
+        return "n/a"
+    if unit == "%":
+        return f"{value * 100:.1f}%"
+    if unit in ("count", ""):
+        return f"{value:,}" if isinstance(value, int) else str(value)
+    if unit == "x":
+        return f"{value:,.3g}"
+    if unit == "GB/s":
+        return f"{value:.3f} GB/s"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    return f"{value:,.1f} {unit}"
+
+
+def headline_text(figures: dict, skip=("status",)) -> str:
+    """The headline figures as 'label value | ...' (``metrics.HEADLINE`` order)."""
+    parts = []
+    for key, label, unit in HEADLINE:
+        if key in figures and key not in skip:
+            parts.append(f"{label} {format_figure(figures[key], unit)}")
+    return " | ".join(parts)
 
 
 def tier_table(summary: dict) -> str:
+    """Every (tier, op) of the window: data ops with bytes and GB/s, deletes and evictions
+    with counts and latencies only."""
     rows = []
     for tier, ops in summary.get("tiers", {}).items():
-        for op in sorted(ops, key=lambda o: OP_ORDER.index(o) if o in OP_ORDER else 99):
+        for op in sorted(ops, key=op_order):
             f = ops[op]
             lat = f["latency_ms"]
-            moving = op not in ("evict", "delete")
-            rows.append([tier, op, f["count"], f"{f['bytes'] / 1e9:.3f}", f"{f['gbps']:.3f}" if moving else "-",
+            moving = op in DATA_OPS
+            rows.append([tier, op, f["count"], f"{f['bytes'] / 1e9:.3f}" if moving else "-",
+                         (f"{f['gbps']:.3f}" if f.get("gbps") is not None else "n/a") if moving else "-",
                          _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99")), _ms(lat.get("max"))])
     return tabulate(rows, headers=["tier", "op", "count", "GB", "GB/s", "p50 ms", "p95 ms", "p99 ms", "max ms"],
                     tablefmt="simple")
@@ -71,13 +103,15 @@ def scenario_text(result) -> str:
     s = result.summary
     lines = [f"{result.name} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
              f"  {result.question}"]
-    e2e = s.get("end_to_end_latency_ms", {})
-    lines.append(
-        f"  requests {s.get('total_requests', 0)} in {s.get('window_s', 0)} s window | "
-        f"generated {s.get('total_tokens_per_sec', 0):,.1f} tok/s | "
-        f"storage {s.get('storage_throughput_tokens_per_sec', 0):,.1f} tok/s | "
-        f"hit rate {s.get('cache_hit_rate', 0) * 100:.1f}% | e2e p95 {_ms(e2e.get('p95'))} ms | "
-        f"working set peak {s.get('kv_working_set_peak_bytes', 0) / 1e9:.2f} GB")
+    lines.append("  " + headline_text(s.get("headline", {})))
+    peak = s.get("kv_working_set_peak_bytes")
+    if peak is not None:
+        lines.append(f"  working set peak {peak / 1e9:.2f} GB (the KV all open conversations held at once)")
+    if s.get("window_warning"):
+        lines.append(f"  ! {s['window_warning']}")
+    fix = s.get("entries_dropped", {}).get("fix")
+    if fix:
+        lines.append(f"  ! {fix}")
     for b in result.backends:
         if "io_mode" in b:
             lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {b.get('block_device') or 'no block device'}), "
@@ -87,9 +121,13 @@ def scenario_text(result) -> str:
                              f"{b.get('files_recycled', 0)} recycled (recycling {'on' if b['recycle'] else 'off'})")
     dev = result.device_counters
     if dev.get("available"):
+        def ratio(kind):
+            value = dev.get(f"{kind}_ratio")
+            return "n/a: we moved none" if value is None else f"x{value:.3f} of ours"
+
         lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
-                     f"(x{dev.get('read_ratio') or 0:.3f} of ours), write {dev['write_bytes'] / 1e9:.3f} GB "
-                     f"(x{dev.get('write_ratio') or 0:.3f}), busy {dev['utilization'] * 100:.0f}%")
+                     f"({ratio('read')}), write {dev['write_bytes'] / 1e9:.3f} GB "
+                     f"({ratio('write')}), busy {format_figure(dev.get('utilization'), '%')}")
     elif result.backends and any("io_mode" in b for b in result.backends):
         lines.append(f"  device counters: {dev.get('reason', 'unavailable')}")
     table = tier_table(s)

@@ -48,6 +48,9 @@ class ScenarioResult:
         if not passed(self.outcomes):
             failed = sum(o.status == "fail" for o in self.outcomes)
             lines.append(f"scenario {self.name}: {failed} of {len(self.outcomes)} criteria failed")
+        fix = self.summary.get("entries_dropped", {}).get("fix")
+        if fix and any(o.criterion.metric == "cache.entries_dropped" and o.status == "fail" for o in self.outcomes):
+            lines.append(f"scenario {self.name}: {fix}")
         if not lines:
             return None
         if self.outcomes:
@@ -55,21 +58,13 @@ class ScenarioResult:
         return "\n".join(lines)
 
     def headline(self) -> dict:
-        """The few figures that go into JUnit properties and the one-line summary."""
-        m, s = self.metrics, self.summary
-        tier = self.tiers[-1]
-        out = {
-            "kv_status": self.status,
-            "kv_trace_sha256": self.trace.get("sha256", ""),
-            "kv_requests": s.get("total_requests", 0),
-            "kv_system_tokens_per_sec": s.get("total_tokens_per_sec", 0),
-            "kv_storage_tokens_per_sec": s.get("storage_throughput_tokens_per_sec", 0),
-            "kv_cache_hit_rate": s.get("cache_hit_rate", 0),
-        }
-        for op in ("read", "write"):
-            if f"{tier}.{op}.p95" in m:
-                out[f"kv_{tier}_{op}_p95_ms"] = round(m[f"{tier}.{op}.p95"] * 1e3, 3)
-                out[f"kv_{tier}_{op}_gbps"] = round(m[f"{tier}.{op}.gbps"], 4)
+        """JUnit properties: the summary's headline figures (``metrics.HEADLINE``) and every
+        criterion's outcome; n/a figures are the string "n/a"."""
+        out = {"kv_trace_sha256": self.trace.get("sha256", ""),
+               "kv_workload_sha256": self.trace.get("workload_sha256", "")}
+        figures = self.summary.get("headline") or {"status": self.status}
+        for key, value in figures.items():
+            out[f"kv_{key}"] = "n/a" if value is None else value
         for o in self.outcomes:
             out[f"kv_criterion {o.criterion.text}"] = f"{o.status} ({format_value(o.criterion.metric, o.measured)})"
         return out
@@ -80,7 +75,7 @@ class ScenarioResult:
             "status": self.status, "summary": self.summary, "metrics": self.metrics,
             "criteria": [{"criterion": o.criterion.text, "metric": o.criterion.metric, "op": o.criterion.op,
                           "threshold": o.criterion.value, "measured": o.measured, "status": o.status,
-                          "source": o.criterion.source} for o in self.outcomes],
+                          "source": o.criterion.source, "reason": o.reason} for o in self.outcomes],
             "invariant_problems": self.invariant_problems, "errors": self.errors,
             "backends": self.backends, "occupancy": self.occupancy,
             "device_counters": self.device_counters, "trace": self.trace, "run": self.run,
@@ -91,7 +86,7 @@ class ScenarioResult:
     def from_dict(cls, raw: dict) -> ScenarioResult:
         """Rebuild a result from ``to_dict`` output (xdist workers send theirs this way)."""
         outcomes = [Outcome(Criterion(c["metric"], c["op"], c["threshold"], c["criterion"], c["source"]),
-                            c["measured"], c["status"]) for c in raw.get("criteria", [])]
+                            c["measured"], c["status"], c.get("reason")) for c in raw.get("criteria", [])]
         fields = {k: raw[k] for k in ("name", "question", "tiers", "metrics", "summary", "invariant_problems",
                                       "errors", "backends", "occupancy", "device_counters", "trace", "run",
                                       "settings", "model", "nodeid") if k in raw}

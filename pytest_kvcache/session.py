@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .backends import BackendRegistry
-from .criteria import Criterion, merge, profile_criteria
+from .criteria import Criterion, builtin_criteria, merge, profile_criteria, unjudged
 from .export import to_csv
 from .models import ModelSpec, resolve_model
 from .report import build_report, write_json
@@ -38,8 +38,8 @@ class KVSession:
 
     @staticmethod
     def criteria_for(settings: Settings) -> list[Criterion]:
-        """Profile defaults, the user's thresholds and, with --kv-verify, zero mismatches."""
-        return merge(profile_criteria(settings.profile),
+        """Built-in and profile defaults, the user's thresholds and, with --kv-verify, zero mismatches."""
+        return merge(builtin_criteria() + profile_criteria(settings.profile),
                      [Criterion.parse(t, settings.threshold_source) for t in settings.threshold]
                      + ([Criterion.parse("verify.mismatches==0", "verify")] if settings.verify else []))
 
@@ -51,6 +51,11 @@ class KVSession:
         if key not in self._traces:
             self._traces[key] = generate_trace(params)
         return self._traces[key]
+
+    def unjudged(self) -> list[tuple[Criterion, list[str]]]:
+        """The user's criteria that no scenario of this session could judge, with the reasons;
+        each fails the session (a gate that judged nothing must not pass)."""
+        return unjudged(self.criteria, [r.outcomes for r in self.results])
 
     def close_all(self) -> None:
         """Remove every run directory still open (after Ctrl-C pytest may skip teardown)."""

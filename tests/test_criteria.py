@@ -42,7 +42,7 @@ from pytest_kvcache.errors import ConfigError
         ("cpu.write.gbps>=2000KB/s", "cpu.write.gbps", ">=", 0.002),
         ("errors.count==0", "errors.count", "==", 0.0),
         ("requests.completed>=1", "requests.completed", ">=", 1.0),
-        ("read_amplification<=1.5", "read_amplification", "<=", 1.5),
+        ("storage.read_tokens_per_generated_token<=1.5", "storage.read_tokens_per_generated_token", "<=", 1.5),
         ("nvme.write.bytes>=1GB", "nvme.write.bytes", ">=", 1e9),
     ],
 )
@@ -69,12 +69,15 @@ def test_text_is_normalised_and_bare_units_are_shown():
 def test_metric_kind():
     assert metric_kind("nvme.read.p95") == "latency"
     assert metric_kind("redis.demote_write.count") == "count"
-    assert metric_kind("gds.evict.bytes") == "bytes"
+    assert metric_kind("gds.write.bytes") == "bytes"
+    assert metric_kind("gds.evict.bytes") is None  # deletes and evictions move no bytes
+    assert metric_kind("nvme.delete.gbps") is None
     assert metric_kind("object.delete.iops") == "per_second"
     assert metric_kind("nvme.gbps") == "throughput"
     assert metric_kind("cache.hit_rate.rag") == "fraction"
     assert metric_kind("ttft.p95") == "latency"
-    assert metric_kind("read_amplification") == "ratio"
+    assert metric_kind("storage.read_tokens_per_generated_token") == "ratio"
+    assert metric_kind("read_amplification") is None
     assert metric_kind("nvme.read") is None
     assert metric_kind("tape.read.p95") is None
     assert metric_kind("cache.hit") is None
@@ -236,7 +239,7 @@ def test_merge_replaces_same_metric_and_direction():
         ("cache.hit_rate", 0.4567, "45.7%"),
         ("requests.completed", 12345, "12,345"),
         ("system.tokens_per_sec", 1234.6, "1,235"),
-        ("read_amplification", 1.25, "1.25"),
+        ("storage.read_tokens_per_generated_token", 1.25, "1.25"),
         ("nvme.read.p95", None, "-"),
     ],
 )
@@ -249,7 +252,7 @@ def test_render_table():
     out = evaluate(crits, {"nvme.read.p95": 0.35, "cpu.read.p95": 0.01, "cache.hit_rate": 0.5})
     table = render_table(out)
     header = table.splitlines()[0].split()
-    assert header == ["criterion", "measured", "status", "source"]
+    assert header == ["criterion", "measured", "status", "source", "why"]
     for c in crits:
         assert c.text in table
     assert "FAIL" in table and "PASS" in table and "n/a" in table

@@ -49,7 +49,9 @@ def test_window_throughputs_divide_window_bytes_by_the_window():
     assert flat["nvme.gbps"] == pytest.approx((500_000 + 4_000_000 + 1_000_000) / 2 / 1e9)
     assert flat["cpu.gbps"] == pytest.approx(4_500_000 / 2 / 1e9)
     assert summary["tiers"]["nvme"]["read"]["count"] == 2
-    assert summary["tiers"]["nvme"]["evict"]["bytes"] == 1_000_000
+    # an eviction is a count and a latency: it moves no bytes
+    assert "bytes" not in summary["tiers"]["nvme"]["evict"] and "nvme.evict.gbps" not in flat
+    assert summary["tiers"]["nvme"]["evict"]["count"] == 1
 
 
 def test_latency_figures_in_seconds_and_milliseconds():
@@ -85,7 +87,9 @@ def test_memory_only_tiers_have_no_storage_figures():
     flat, summary = compute(fed(), ["gpu", "cpu"])
     assert not any(k.startswith("storage.") for k in flat)
     assert summary["storage_tier"] is None
-    assert summary["storage_throughput_tokens_per_sec"] == 0.0
+    # nothing behind it: n/a (None), never 0
+    assert summary["storage_throughput_tokens_per_sec"] is None
+    assert summary["storage_read_tokens_per_generated_token"] is None
 
 
 def test_hit_rates_overall_and_by_kind():
@@ -103,8 +107,10 @@ def test_requests_system_throughput_and_read_amplification():
     assert flat["requests.completed"] == 2
     assert flat["requests.per_sec"] == pytest.approx(1.0)
     assert flat["system.tokens_per_sec"] == pytest.approx(100 / 2)
-    # tokens read (every tier's reads: 4x10 + 2x20) per generated token
-    assert flat["read_amplification"] == pytest.approx(80 / 100)
+    # storage-tier tokens read by requests (nvme reads 2x20; not the cpu reads, not demotions)
+    # per generated token (design section 6)
+    assert flat["storage.read_tokens_per_generated_token"] == pytest.approx(40 / 100)
+    assert summary["storage_read_tokens_per_generated_token"] == pytest.approx(0.4)
     assert flat["e2e.mean"] == pytest.approx(0.040)
     assert flat["queue_wait.max"] == pytest.approx(0.003)
     assert summary["total_requests"] == 2
@@ -118,11 +124,12 @@ def test_requests_system_throughput_and_read_amplification():
 def test_summary_keeps_the_reference_key_names():
     _, summary = compute(fed(), ["cpu", "nvme"])
     for key in ("storage_throughput_tokens_per_sec", "cache_hit_rate", "end_to_end_latency_ms",
-                "total_tokens_generated", "requests_per_second", "read_amplification",
+                "total_tokens_generated", "requests_per_second", "storage_read_tokens_per_generated_token",
                 "timeline_bytes", "counters", "errors"):
         assert key in summary
     assert summary["timeline_step_s"] == 1.0
-    assert sum(summary["timeline_bytes"]["nvme"]) == 500_000 + 4_000_000 + 1_000_000 + 1_000_000
+    # data ops only: the 1 MB eviction is not bytes moved
+    assert sum(summary["timeline_bytes"]["nvme"]) == 500_000 + 4_000_000 + 1_000_000
 
 
 def test_an_empty_run_does_not_divide_by_zero():
@@ -131,16 +138,18 @@ def test_an_empty_run_does_not_divide_by_zero():
     rec.close_window(S)
     flat, summary = compute(rec, ["nvme"])
     assert flat["requests.completed"] == 0 and flat["system.tokens_per_sec"] == 0
-    assert "cache.hit_rate" not in flat and "read_amplification" not in flat
-    assert flat["storage.gbps"] == 0
-    assert summary["cache_hit_rate"] == 0.0
+    assert "cache.hit_rate" not in flat and "storage.read_tokens_per_generated_token" not in flat
+    assert flat["storage.gbps"] == 0  # a real window in which the drive moved nothing
+    assert summary["cache_hit_rate"] is None  # no lookups: n/a, not 0%
     assert summary["end_to_end_latency_ms"] == {}
+    assert summary["window_edge_fraction"] is None and summary["window_warning"] is None
 
 
-def test_a_window_that_never_opened_gives_nan_rates_not_a_crash():
-    flat, _ = compute(Recorder(), ["nvme"])
-    assert math.isnan(flat["window_s"])
-    assert math.isnan(flat["storage.gbps"])
+def test_a_window_that_never_opened_gives_no_rates_not_a_crash():
+    flat, summary = compute(Recorder(), ["nvme"])
+    assert flat["window_s"] == 0
+    assert "storage.gbps" not in flat and "requests.per_sec" not in flat
+    assert summary["storage_read_gbps"] is None and summary["total_tokens_per_sec"] is None
 
 
 def test_errors_are_counted():

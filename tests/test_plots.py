@@ -36,6 +36,8 @@ def _scenario(name: str, tiers: list[str], scale: float, status: str = "passed")
             "timeline_bytes": {t: [1e8 * scale, 2e8, 3e8, 1e8] for t in tiers},
             "occupancy_timeline": [{"t_s": float(i), "bytes": {t: 1e8 * (i + 1) for t in tiers}}
                                    for i in range(4)],
+            "headline": {"status": status, "requests": 42, "storage_tokens_per_sec": 1234.5,
+                         "cache_hit_rate": 0.75, "e2e_p95_ms": 321.0},
         },
     }
 

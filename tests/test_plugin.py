@@ -44,7 +44,7 @@ def test_scenarios_run_report_and_clean_up(pytester, cache_dir):
     result.stdout.fnmatch_lines(["*kvcache session report*", "storage-only [[]PASSED]*",
                                  "*nvme files: * created, * recycled (recycling on)", "*JSON report:*"])
     data = report(pytester)
-    assert data["schema_version"] == 1 and data["complete"] is True
+    assert data["schema_version"] == 2 and data["complete"] is True
     assert [s["name"] for s in data["scenarios"]] == ["cpu-only", "storage-only"]
     storage = data["scenarios"][1]
     for key in ("storage_throughput_tokens_per_sec", "cache_hit_rate", "end_to_end_latency_ms", "nvme_entries"):
@@ -198,7 +198,8 @@ def test_junit_properties(pytester, cache_dir):
     result = run(pytester, cache_dir, "--junitxml=out.xml", configs=["storage-only"])
     result.assert_outcomes(passed=1)
     xml = (pytester.path / "out.xml").read_text()
-    assert 'name="kv_nvme_read_p95_ms"' in xml and 'name="kv_trace_sha256"' in xml
+    assert 'name="kv_headline_op" value="nvme.read"' in xml and 'name="kv_headline_p95_ms"' in xml
+    assert 'name="kv_trace_sha256"' in xml and 'name="kv_workload_sha256"' in xml
     assert 'name="kv_model" value="tiny-1b"' in xml and 'name="kv_seed" value="42"' in xml  # suite level
     assert 'name="kv_criterion nvme.read.p95 &lt;= 200ms"' in xml
 

@@ -16,9 +16,29 @@ from ..payload import NoiseSource, StagingBuffers, Verifier
 
 @dataclass(frozen=True)
 class IOResult:
+    """One backend I/O of a whole entry.
+
+    ``transfers`` lists ``(end_ns, nbytes)`` for each transfer the I/O was made of, in order
+    (one per system call or copy of at most ``--kv-io-block-mb``), so the recorder counts bytes
+    as each transfer completes rather than when the whole entry does; empty means one transfer
+    of ``nbytes`` ending at ``end_ns``. ``start_ns`` is when the first transfer began (None:
+    ``end_ns - dur_ns``). All times are ``time.perf_counter_ns()``.
+    """
+
     nbytes: int  # bytes moved to or from the medium (padded where the medium needs alignment)
-    end_ns: int  # time.perf_counter_ns() when the I/O completed
+    end_ns: int  # when the I/O completed
     dur_ns: int  # time spent in the I/O itself, excluding payload preparation
+    start_ns: int | None = None
+    transfers: tuple[tuple[int, int], ...] = ()
+
+    def parts(self) -> tuple[tuple[int, int, int], ...]:
+        """``(start_ns, end_ns, nbytes)`` per transfer; a transfer starts when the one before ends."""
+        start = self.end_ns - self.dur_ns if self.start_ns is None else self.start_ns
+        out = []
+        for end, n in self.transfers or ((self.end_ns, self.nbytes),):
+            out.append((start, end, n))
+            start = end
+        return tuple(out)
 
 
 @dataclass

@@ -108,8 +108,9 @@ class FileBackend(Backend):
         flags = os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if self.direct else 0) | (0 if spare else os.O_TRUNC)
         dur = 0
         fd = -1
+        transfers = []  # (end_ns, bytes) as each block reaches the drive
         try:
-            t = time.perf_counter_ns()
+            t = start = time.perf_counter_ns()
             # make room for the spare to grow (part of this write's cost)
             failed = [err for err in map(self._remove_file, drop) if err]
             if failed:
@@ -125,14 +126,19 @@ class FileBackend(Backend):
                 while done < n:
                     t = time.perf_counter_ns()
                     w = os.pwrite(fd, data[done:], off + done)
-                    dur += time.perf_counter_ns() - t
+                    now = time.perf_counter_ns()
+                    dur += now - t
                     if w <= 0:
                         raise BackendError(f"write of {key!r} to {path} made no progress")
                     done += w
+                if self.direct:
+                    transfers.append((now, n))
             if not self.direct:
                 t = time.perf_counter_ns()
                 os.fsync(fd)
-                dur += time.perf_counter_ns() - t
+                t_synced = time.perf_counter_ns()
+                dur += t_synced - t
+                transfers.append((t_synced, padded))  # buffered bytes reach the drive at the fsync
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             t = time.perf_counter_ns()
             os.close(fd)
@@ -156,7 +162,7 @@ class FileBackend(Backend):
                 self._files_created += 1
             else:
                 self._files_recycled += 1
-        return IOResult(nbytes=padded, end_ns=end, dur_ns=dur)
+        return IOResult(nbytes=padded, end_ns=end, dur_ns=dur, start_ns=start, transfers=tuple(transfers))
 
     def _claim(self, padded: int) -> tuple[str | None, int | None, list[str]]:
         """Under the lock: the spare to overwrite (the same size, else the nearest larger, else the
@@ -217,8 +223,9 @@ class FileBackend(Backend):
         block = self.ctx.staging.block
         dur = 0
         fd = -1
+        transfers = []  # (end_ns, bytes) as each block arrives
         try:
-            t = time.perf_counter_ns()
+            t = start = time.perf_counter_ns()
             fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if self.direct else 0))
             dur += time.perf_counter_ns() - t
             if not self.direct:
@@ -229,13 +236,15 @@ class FileBackend(Backend):
                 while done < n:
                     t = time.perf_counter_ns()
                     r = os.preadv(fd, [buf[done:n]], off + done)
-                    dur += time.perf_counter_ns() - t
+                    now = time.perf_counter_ns()
+                    dur += now - t
                     if r <= 0:
                         raise BackendError(
                             f"read of {key!r} from {path}: file ends at {off + done} bytes, "
                             f"expected {padded}"
                         )
                     done += r
+                transfers.append((now, n))
                 if self.ctx.verifier is not None:
                     self.ctx.verifier.check(key, off, buf[:n])
             t = time.perf_counter_ns()
@@ -250,7 +259,7 @@ class FileBackend(Backend):
         finally:
             if fd >= 0:
                 os.close(fd)
-        return IOResult(nbytes=padded, end_ns=end, dur_ns=dur)
+        return IOResult(nbytes=padded, end_ns=end, dur_ns=dur, start_ns=start, transfers=tuple(transfers))
 
     def delete(self, key: str) -> IOResult:
         """Free ``key``'s file: kept as a spare (bookkeeping only, no system call), or unlinked."""
