@@ -74,13 +74,19 @@ def format_figure(value, unit: str) -> str:
     return f"{value:,.1f} {unit}"
 
 
-def headline_text(figures: dict, skip=("status",)) -> str:
-    """The headline figures as 'label value | ...' (``metrics.HEADLINE`` order)."""
-    parts = []
+_LATENCY_LINE_FROM = "e2e_p95_ms"  # the headline's second line: latencies and what qualifies them
+
+
+def headline_text(figures: dict, skip=("status",)) -> list[str]:
+    """The headline figures as two lines of 'label value | ...' (``metrics.HEADLINE`` order):
+    volumes and rates, then latencies."""
+    lines: list[list[str]] = [[]]
     for key, label, unit in HEADLINE:
+        if key == _LATENCY_LINE_FROM:
+            lines.append([])
         if key in figures and key not in skip:
-            parts.append(f"{label} {format_figure(figures[key], unit)}")
-    return " | ".join(parts)
+            lines[-1].append(f"{label} {format_figure(figures[key], unit)}")
+    return [" | ".join(parts) for parts in lines if parts]
 
 
 def tier_table(summary: dict) -> str:
@@ -103,7 +109,9 @@ def scenario_text(result) -> str:
     s = result.summary
     lines = [f"{result.name} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
              f"  {result.question}"]
-    lines.append("  " + headline_text(s.get("headline", {})))
+    no_storage = () if s.get("storage_tier") else (
+        "storage_tokens_per_sec", "storage_read_gbps", "storage_write_gbps", "storage_read_tokens_per_generated_token")
+    lines += ["  " + text for text in headline_text(s.get("headline", {}), ("status", *no_storage))]
     peak = s.get("kv_working_set_peak_bytes")
     if peak is not None:
         lines.append(f"  working set peak {peak / 1e9:.2f} GB (the KV all open conversations held at once)")

@@ -18,11 +18,6 @@ class TierConfig:
     tiers: tuple[str, ...]
     question: str
 
-    @property
-    def headline(self) -> tuple[str, str]:
-        """(tier, op) whose latencies represent the configuration: reads from its slowest tier."""
-        return self.tiers[-1], "read"
-
 
 TIER_CONFIGS: dict[str, TierConfig] = {c.name: c for c in (
     TierConfig("gpu-only", ("gpu",),

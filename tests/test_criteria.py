@@ -10,6 +10,7 @@ from pytest_kvcache import criteria as cr
 from pytest_kvcache.criteria import (
     Criterion,
     Outcome,
+    builtin_criteria,
     evaluate,
     format_value,
     merge,
@@ -17,6 +18,7 @@ from pytest_kvcache.criteria import (
     passed,
     profile_criteria,
     render_table,
+    unjudged,
 )
 from pytest_kvcache.errors import ConfigError
 
@@ -265,5 +267,60 @@ def test_render_table():
 def test_a_user_gate_on_a_tier_the_scenario_has_fails_when_nothing_was_measured():
     gate = Criterion.parse("nvme.read.p95<=200ms", "cli")
     profile = Criterion.parse("nvme.read.p95<=200ms", "profile:latency")
-    assert [o.status for o in evaluate([gate, profile], {}, tiers=["cpu", "nvme"])] == ["fail", "n/a"]
-    assert [o.status for o in evaluate([gate], {}, tiers=["cpu"])] == ["n/a"]
+    # nvme below cpu is read only once something spilled: a profile gate says 'none happened'
+    out = evaluate([gate, profile], {}, tiers=["cpu", "nvme"])
+    assert [o.status for o in out] == ["fail", "n/a"]
+    assert "no read on the nvme tier" in out[1].reason
+    (o,) = evaluate([gate], {}, tiers=["cpu"])
+    assert (o.status, o.reason) == ("n/a", "no nvme tier in this scenario")
+
+
+def test_a_profile_gate_on_the_first_tier_fails_when_nothing_was_measured():
+    """Every request writes to the first tier: no samples there means nothing was measured."""
+    profile = Criterion.parse("nvme.read.p95<=200ms", "profile:latency")
+    (o,) = evaluate([profile], {}, tiers=["nvme"])
+    assert o.status == "fail" and "nothing was measured" in o.reason
+    hit = Criterion.parse("cache.hit_rate>=30%", "profile:latency")
+    assert evaluate([hit], {}, tiers=["nvme"])[0].status == "fail"  # no lookups: not a pass
+
+
+def test_ops_a_configuration_cannot_have_and_absent_features_are_na_with_the_reason():
+    crits = [Criterion.parse(t) for t in ("nvme.demote_write.p95<=1s", "cpu.demote_read.count>=1",
+                                          "cache.hit_rate.rag>=50%")]
+    out = evaluate(crits, {}, tiers=["nvme"], absent={"cache.hit_rate.rag": "no RAG documents"})
+    assert [o.status for o in out] == ["n/a"] * 3
+    assert out[0].reason == "demote_write cannot happen on the nvme tier of nvme"
+    assert out[1].reason == "no cpu tier in this scenario"
+    assert out[2].reason == "no RAG documents"
+    storage = Criterion.parse("storage.read_gbps>=1")
+    assert evaluate([storage], {}, tiers=["gpu", "cpu"])[0].reason == "no storage tier in this scenario"
+    assert evaluate([storage], {}, tiers=["nvme"])[0].status == "fail"  # it has one: nothing measured fails
+
+
+def test_a_user_criterion_no_scenario_could_judge_is_reported():
+    rag = Criterion.parse("cache.hit_rate.rag>=0.5", "cli")
+    read = Criterion.parse("nvme.read.p95<=1s", "cli")
+    profile = Criterion.parse("gpu.read.p95<=1s", "profile:latency")
+    per = [evaluate([rag, read, profile], {"nvme.read.p95": 0.1}, ["nvme"], {"cache.hit_rate.rag": "no RAG"}),
+           evaluate([rag, read, profile], {}, ["cpu"], {"cache.hit_rate.rag": "no RAG"})]
+    assert unjudged([rag, read, profile], per) == [(rag, ["no RAG"])]
+    assert unjudged([rag], []) == []  # no scenario ran: nothing to say
+
+
+@pytest.mark.parametrize("text", ["nvme.read.p95<0", "nvme.read.p95<=-1ms", "storage.gbps<0GB/s",
+                                  "requests.completed==-1", "cache.hit_rate>100%", "cache.hit_rate>1"])
+def test_a_threshold_that_can_never_pass_is_a_config_error(text):
+    with pytest.raises(ConfigError, match="can never pass"):
+        Criterion.parse(text)
+
+
+def test_bounds_at_the_edge_of_the_domain_are_fine():
+    for text in ("nvme.read.p95>=0", "cache.hit_rate<=100%", "cache.hit_rate>=100%", "errors.count==0"):
+        Criterion.parse(text)
+
+
+def test_builtin_criteria_are_replaced_by_a_user_bound_on_the_same_metric():
+    user = Criterion.parse("cache.entries_dropped<=10")
+    merged = merge(builtin_criteria(), [user])
+    assert [c.text for c in merged] == ["cache.entries_dropped <= 10"]
+    assert [c.source for c in builtin_criteria()] == ["built-in"]

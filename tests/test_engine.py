@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from pytest_kvcache.backends import default_registry
-from pytest_kvcache.criteria import profile_criteria
+from pytest_kvcache.criteria import builtin_criteria, profile_criteria
 from pytest_kvcache.engine import make_run_dir, provision, run_scenario
 from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.models import resolve_model
@@ -49,7 +49,7 @@ def test_cpu_plus_storage_runs_on_real_backends_and_cleans_up(tmp_path):
             seen_during_run.append(len(list(prov.run_dir.iterdir())))
 
         result = run_scenario(prov, s, model, trace, profile_criteria(s.profile), on_tick=tick)
-        assert result.status in ("passed", "failed"), result.failure_message()
+        assert result.status == "passed", result.failure_message()
         assert result.errors == [] and result.invariant_problems == []
         assert result.tiers == ["cpu", "nvme"]
         assert result.trace["sha256"] == trace.sha256()
@@ -87,6 +87,37 @@ def test_cpu_only_has_no_storage_figures(tmp_path):
     assert result.summary["storage_tier"] is None
     assert result.device_counters["available"] is False
     assert list(tmp_path.iterdir()) == []
+
+
+def run_cpu_only(tmp_path, criteria=(), **extra):
+    s = settings_for(tmp_path, **extra)
+    prov = provision(TIER_CONFIGS["cpu-only"], s, default_registry())
+    try:
+        return run_scenario(prov, s, resolve_model(s.model), small_trace(s), list(criteria))
+    finally:
+        prov.close()
+
+
+def test_entries_larger_than_every_tier_fail_the_scenario_naming_the_budget(tmp_path):
+    """Issue 9's case: llama2-7b chunks (64 tokens x 512 KiB = 32 MiB) into a 10 MB cpu tier."""
+    result = run_cpu_only(tmp_path, builtin_criteria(), model="llama2-7b", cpu_mem_gb="0.01", duration="0.3")
+    dropped = result.summary["entries_dropped"]
+    assert dropped["count"] >= 1 and dropped["too_big"] == dropped["count"]
+    assert result.metrics["cache.entries_dropped"] == dropped["count"]
+    assert result.status == "failed"
+    message = result.failure_message()
+    assert "--kv-cpu-mem-gb to at least" in message and "cache.entries_dropped <= 0" in message
+    assert result.summary["headline"]["entries_dropped"] == dropped["count"]
+
+
+def test_the_workload_hash_covers_the_io_settings_the_trace_hash_does_not(tmp_path):
+    a = run_cpu_only(tmp_path, duration="0.2", cpu_mem_gb="0.2")
+    b = run_cpu_only(tmp_path, duration="0.2", cpu_mem_gb="0.2", chunk_tokens=128)
+    c = run_cpu_only(tmp_path, duration="0.2", cpu_mem_gb="0.2")
+    assert a.trace["sha256"] == b.trace["sha256"] == c.trace["sha256"]
+    assert a.trace["workload_sha256"] != b.trace["workload_sha256"]
+    assert a.trace["workload_sha256"] == c.trace["workload_sha256"]
+    assert "chunk_tokens" in a.trace["workload_covers"] and "request list" in a.trace["covers"]
 
 
 def test_a_zero_budget_tier_is_a_config_error_and_leaves_nothing(tmp_path):

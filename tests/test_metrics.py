@@ -1,11 +1,10 @@
 """metrics.compute on a hand-fed Recorder: every figure from known inputs."""
 
-import math
-
 import pytest
 
 from pytest_kvcache.backends.base import IOResult
-from pytest_kvcache.metrics import compute, storage_tier
+from pytest_kvcache.metrics import compute
+from pytest_kvcache.ops import storage_tier
 from pytest_kvcache.recorder import Recorder
 
 S = 1_000_000_000  # ns
@@ -158,3 +157,36 @@ def test_errors_are_counted():
     flat, summary = compute(rec, ["cpu", "nvme"])
     assert flat["errors.count"] == 1
     assert summary["errors"] == {"count": 1, "first": ["boom"]}
+
+
+def test_a_window_short_for_the_load_is_flagged_with_its_uncertainty():
+    rec = Recorder()
+    rec.open_window(0)
+    rec.io("nvme", "write", IOResult(8_000_000, S // 2, S // 2), 10)
+    rec.close_window(S)
+    # half of this 8 MB chunk's transfers were in flight when the window closed
+    rec.io("nvme", "write", IOResult(8_000_000, S + MS, 2 * MS, start_ns=S - MS,
+                                     transfers=((S - 1, 4_000_000), (S + MS, 4_000_000))), 10)
+    flat, summary = compute(rec, ["nvme"])
+    assert summary["window_bytes"] == 12_000_000
+    assert summary["window_edge_bytes"] == 4_000_000
+    assert flat["window.edge_fraction"] == pytest.approx(1 / 3)
+    assert "window too short" in summary["window_warning"] and "--kv-duration" in summary["window_warning"]
+    assert summary["tiers"]["nvme"]["write"]["edge_bytes"] == 4_000_000
+
+
+def test_headline_is_one_ordered_set_with_none_for_na():
+    from pytest_kvcache.metrics import HEADLINE, headline
+
+    _, summary = compute(fed(), ["cpu", "nvme"])
+    figures = headline(summary, ["cpu", "nvme"], "passed", {"entries_dropped": 0})
+    assert list(figures) == [key for key, _, _ in HEADLINE]
+    assert figures["headline_op"] == "nvme.read" and figures["cache_hit_rate"] == pytest.approx(0.6)
+    assert figures["headline_p95_ms"] == summary["nvme_read_p95_ms"]
+    empty = Recorder()
+    empty.open_window(0)
+    empty.close_window(S)
+    _, bare = compute(empty, ["gpu", "cpu"])
+    figures = headline(bare, ["gpu", "cpu"], "failed")
+    assert figures["cache_hit_rate"] is None and figures["headline_op"] is None
+    assert figures["storage_tokens_per_sec"] is None and figures["entries_dropped"] is None

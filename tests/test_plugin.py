@@ -243,3 +243,28 @@ def test_hook_changes_are_validated(pytester, cache_dir):
     result = run(pytester, cache_dir, configs=["cpu-only"])
     result.stdout.fnmatch_lines(["*--kv-users (pytest_kvcache_adjust_settings) must be at least 1*"])
     assert result.ret != 0 and "Traceback" not in result.stdout.str()
+
+
+def test_a_criterion_no_scenario_can_judge_fails_the_session(pytester, cache_dir):
+    """Issue 9's case: a RAG hit-rate gate on a session without RAG passed as n/a."""
+    result = run(pytester, cache_dir, "--kv-threshold", "cache.hit_rate.rag>=0.5", configs=["storage-only"])
+    result.assert_outcomes(passed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*FAILED criterion cache.hit_rate.rag >= 0.5 (cli): no scenario of this session "
+                                 "could judge it (this workload has no RAG documents)*"])
+    data = report(pytester)
+    assert data["unjudged_criteria"] == [{"criterion": "cache.hit_rate.rag >= 0.5", "source": "cli",
+                                          "reasons": ["this workload has no RAG documents"]}]
+
+
+def test_a_hit_rate_with_no_lookups_is_na_everywhere(pytester, cache_dir):
+    """One request per user: no history to look up, so no hit rate (not 0%)."""
+    result = run(pytester, cache_dir, "--kv-requests-per-user", "1", "--kv-profile", "none",
+                 "--junitxml=out.xml", configs=["cpu-only"])
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*| hit rate n/a*"])
+    scenario = report(pytester)["scenarios"][0]
+    assert scenario["summary"]["cache_hit_rate"] is None and scenario["summary"]["headline"]["cache_hit_rate"] is None
+    assert "cache.hit_rate" not in scenario["metrics"]
+    assert 'name="kv_cache_hit_rate" value="n/a"' in (pytester.path / "out.xml").read_text()
+    assert ",cache_hit_rate," in (pytester.path / "kvcache-report.csv").read_text().splitlines()[0] + ","

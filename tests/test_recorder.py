@@ -176,3 +176,45 @@ def test_occupancy_samples_only_inside_the_open_window_once_per_step():
     rec.close_window(12 * s)
     rec.sample_occupancy({"cpu": 6}, t_ns=11 * s + s // 2)  # window closed
     assert rec.occupancy == [(0.0, {"cpu": 3}), (1.0, {"cpu": 5})]
+
+
+def test_bytes_count_per_transfer_so_a_chunk_cut_by_the_window_end_counts_its_part():
+    """A 40 MB chunk written in ten 4 MB transfers, the window closing after the fourth: the
+    window gets 16 MB (not 0, not 40), the I/O itself (count, latency) does not complete in it,
+    and the transfer in flight at the close is the figure's uncertainty (issue 9, part 1)."""
+    rec = Recorder()
+    rec.open_window(0)
+    transfers = tuple((1_000 * (i + 1), 4_000_000) for i in range(10))
+    rec.close_window(4_500)
+    rec.io("nvme", "write", IOResult(nbytes=40_000_000, end_ns=10_000, dur_ns=10_000, start_ns=0,
+                                     transfers=transfers), tokens=100)
+    w = rec.window[("nvme", "write")]
+    assert w.bytes == 16_000_000
+    assert w.tokens == pytest.approx(40)  # tokens pro rata to the bytes inside
+    assert w.count == 0 and w.latency.count == 0
+    assert w.edge_bytes == 4_000_000  # the transfer from 4,000 to 5,000 ns spans the close
+    assert rec.total[("nvme", "write")] == [1, 40_000_000]
+    assert rec.progress()[:2] == (0, 16_000_000)
+
+
+def test_a_transfer_in_flight_as_the_window_opens_is_edge_bytes():
+    rec = Recorder()
+    rec.open_window(1_500)
+    rec.io("nvme", "read", IOResult(nbytes=8, end_ns=3_000, dur_ns=3_000, start_ns=0,
+                                    transfers=((1_000, 4), (3_000, 4))), tokens=2)
+    w = rec.window[("nvme", "read")]
+    assert (w.count, w.bytes, w.edge_bytes) == (1, 4, 4)
+
+
+def test_deletes_and_evictions_move_no_bytes_anywhere():
+    """One definition of bytes moved: data ops only, in the window, the timeline and progress."""
+    rec = Recorder()
+    rec.open_window(0)
+    io(rec, 10, nbytes=1_000, op="write")
+    io(rec, 20, nbytes=5_000, op="delete")
+    io(rec, 30, nbytes=7_000, op="evict")
+    assert rec.window[("nvme", "delete")].bytes == 0 and rec.window[("nvme", "evict")].bytes == 0
+    assert rec.window[("nvme", "delete")].count == 1
+    assert sum(rec.timeline["nvme"]) == 1_000
+    assert rec.progress()[:2] == (3, 1_000)
+    assert rec.total[("nvme", "evict")] == [1, 0]
