@@ -63,6 +63,11 @@ FIXED_METRICS: dict[str, str] = {
     "read_amplification": "ratio",
     "errors.count": "count",
     "verify.mismatches": "count",
+    # device counters' bytes ÷ ours on the storage tier over the window (present only when we
+    # moved at least devstats.RATIO_FLOOR_BYTES that way); storage tiers whose files are in RAM
+    "device.read_ratio": "ratio",
+    "device.write_ratio": "ratio",
+    "storage.memory_tiers": "count",
 }
 
 # Units per kind as (multiplier, divisor) to canonical. Dividing by exact powers of ten keeps
@@ -381,6 +386,23 @@ PROFILES: dict[str, list[str]] = {
         "requests.completed>=1",
     ],
 }
+
+
+#: Always on, whatever the profile (design.md section 6: memory or the page cache is never passed
+#: as a drive). A storage tier on a memory file system fails ``storage.memory_tiers==0``; a window
+#: in which the drive's counters saw under 90% of the bytes we report read or written on the
+#: storage tier (the page cache served the rest) fails the ratio; counters also count other
+#: processes' I/O, so above 1 is fine. A user criterion on the same metric replaces one (``merge``).
+HONESTY = [
+    "storage.memory_tiers==0",
+    "device.read_ratio>=0.9",
+    "device.write_ratio>=0.9",
+]
+
+
+def honesty_criteria() -> list[Criterion]:
+    """The always-on criteria of ``HONESTY``, with source "honesty"."""
+    return [Criterion.parse(t, source="honesty") for t in HONESTY]
 
 
 def profile_criteria(name: str) -> list[Criterion]:

@@ -18,9 +18,9 @@ from pathlib import Path
 from .backends import BackendContext, BackendRegistry
 from .cache import MultiTierCache
 from .criteria import Criterion, evaluate
-from .devstats import DeviceWindow
+from .devstats import DeviceWindow, compare_with_ours
 from .errors import ConfigError
-from .fsinfo import block_device_for, free_bytes
+from .fsinfo import find_block_devices, free_bytes, memory_medium
 from .metrics import compute
 from .models import ModelSpec
 from .payload import NoiseSource, StagingBuffers, Verifier
@@ -39,22 +39,29 @@ def _noise(seed: int) -> NoiseSource:
     return NoiseSource(seed)
 
 
-def check_cache_dir(path: Path, need_bytes: float = 0) -> None:
-    """Raise ConfigError, naming the fix, unless ``path`` is a writable directory with room."""
+def check_cache_dir(path: Path, need_bytes: float = 0, allow_memory: bool = False) -> None:
+    """Raise ConfigError, naming the fix, unless ``path`` is a writable directory with room, on a
+    drive (memory file systems only with ``allow_memory``, i.e. --kv-allow-memory-fs)."""
     if not path.exists():
         raise ConfigError(f"--kv-cache-dir {path} does not exist; create it or point --kv-cache-dir at an existing directory on the drive under test.")
     if not path.is_dir():
         raise ConfigError(f"--kv-cache-dir {path} is not a directory; point --kv-cache-dir at a directory on the drive under test.")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"--kv-cache-dir {path} is not writable by this user; choose a directory you can write to, or fix its permissions.")
+    memory = memory_medium(path)
+    if memory and not allow_memory:
+        raise ConfigError(f"--kv-cache-dir {path} is on {memory}: memory, not a drive, so the nvme tier would "
+                          "measure RAM. Point --kv-cache-dir at a directory on the drive under test, or add "
+                          "--kv-allow-memory-fs to measure memory on purpose (its figures are then marked "
+                          "memory and fail the criterion storage.memory_tiers==0).")
     free = free_bytes(path)
     if need_bytes > free:
         raise ConfigError(f"--kv-nvme-capacity-gb {need_bytes / 1e9:g} is more than the {free / 1e9:.1f} GB free in "
                           f"{path}; lower it or free space on that drive.")
 
 
-def make_run_dir(cache_root: Path) -> Path:
-    check_cache_dir(cache_root)
+def make_run_dir(cache_root: Path, allow_memory: bool = False) -> Path:
+    check_cache_dir(cache_root, allow_memory=allow_memory)
     try:
         return Path(tempfile.mkdtemp(prefix="kvcache-run-", dir=cache_root))  # mode 0700
     except OSError as exc:
@@ -110,10 +117,10 @@ class Provisioned:
 
 
 def provision(config: TierConfig, settings: Settings, registry: BackendRegistry) -> Provisioned:
-    check_cache_dir(settings.cache_root)
+    check_cache_dir(settings.cache_root, allow_memory=settings.allow_memory_fs)
     lock = DriveLock(settings.cache_root)
     try:
-        run_dir = make_run_dir(settings.cache_root)
+        run_dir = make_run_dir(settings.cache_root, settings.allow_memory_fs)
     except BaseException:
         lock.release()
         raise
@@ -138,8 +145,14 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
                  criteria: list[Criterion], on_tick=None) -> ScenarioResult:
     recorder = Recorder()
     cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
-    storage = [b.tier for b in prov.backends if b.tier not in ("gpu", "cpu")]
-    device = DeviceWindow(block_device_for(prov.run_dir)) if storage else None
+    storage = [b for b in prov.backends if b.tier not in ("gpu", "cpu")]
+    device = None
+    if storage and storage[-1].files_in_run_dir:
+        lookup = find_block_devices(prov.run_dir)
+        device = DeviceWindow(lookup.devices, reason=lookup.reason, found_by=lookup.found_by)
+    elif storage:  # its bytes go elsewhere (a mock, a remote store): the run dir's device is no measure
+        device = DeviceWindow(None, reason=f"the {storage[-1].tier} tier's backend ({storage[-1].name}) keeps "
+                                           "no files in the run directory")
 
     def tick(runner, elapsed_s):
         recorder.sample_occupancy({t: o["bytes"] for t, o in cache.occupancy().items()})
@@ -152,7 +165,7 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
     ), window_hooks=(device,) if device else (), on_tick=tick)
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
-               storage[-1] if storage else None, started=time.time())  # wall clock: the report only
+               storage[-1].tier if storage else None, started=time.time())  # wall clock: the report only
     try:
         runner.run()
     except KeyboardInterrupt as exc:
@@ -184,18 +197,18 @@ class _Run:
     storage_tier: str | None  # the last tier that is a drive, whose bytes the device counters check
     started: float
 
-    def _device_counters(self) -> dict:
+    def _device_counters(self) -> tuple[dict, dict[str, float]]:
+        """The device counters over the window beside our storage-tier bytes, and the ratios
+        large enough to judge as flat metrics (``device.read_ratio``, ``device.write_ratio``)."""
         if self.device is None:
-            return {"available": False, "reason": "no storage tier in this scenario"}
+            return {"available": False, "reason": "no storage tier in this scenario"}, {}
         counters = self.device.result()
-        if counters.get("available"):
-            window = self.recorder.window
-            app = {kind: sum(window[(self.storage_tier, op)].bytes for op in ops if (self.storage_tier, op) in window)
-                   for kind, ops in (("read", ("read", "demote_read")), ("write", ("write", "demote_write")))}
-            for kind, nbytes in app.items():
-                counters[f"app_{kind}_bytes"] = nbytes
-                counters[f"{kind}_ratio"] = round(counters[f"{kind}_bytes"] / nbytes, 4) if nbytes else None
-        return counters
+        if not counters.get("available"):
+            return counters, {}
+        window = self.recorder.window
+        app = {kind: sum(window[(self.storage_tier, op)].bytes for op in ops if (self.storage_tier, op) in window)
+               for kind, ops in (("read", ("read", "demote_read")), ("write", ("write", "demote_write")))}
+        return counters, compare_with_ours(counters, app)
 
     def result(self) -> ScenarioResult:
         prov, recorder, cache, info = self.prov, self.recorder, self.cache, self.runner.info
@@ -206,6 +219,11 @@ class _Run:
             flat["verify.mismatches"] = verifier.mismatches
             summary["verify"] = {"blocks_checked": verifier.checked, "mismatches": verifier.mismatches,
                                  "first": list(verifier.first)}
+        device_counters, ratios = self._device_counters()
+        flat.update(ratios)
+        backends = [b.describe() for b in prov.backends]
+        if self.storage_tier is not None:  # storage tiers whose files are in RAM: never a drive
+            flat["storage.memory_tiers"] = sum(b.get("medium") == "memory" for b in backends)
         occupancy = cache.occupancy()
         for tier, occ in occupancy.items():
             summary[f"{tier}_entries"] = occ["entries"]
@@ -216,8 +234,8 @@ class _Run:
             name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
             metrics=flat, summary=summary, outcomes=evaluate(self.criteria, flat, prov.tier_names),
             invariant_problems=problems, errors=list(info.errors),
-            backends=[b.describe() for b in prov.backends], occupancy=occupancy,
-            device_counters=self._device_counters(),
+            backends=backends, occupancy=occupancy,
+            device_counters=device_counters,
             trace={"sha256": self.trace.sha256(), "requests": len(self.trace), "users": len(self.trace.per_user),
                    "requests_started": info.requests_started, "requests_finished": info.requests_finished,
                    "exhausted": info.trace_exhausted},

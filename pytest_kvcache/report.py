@@ -67,6 +67,15 @@ def tier_table(summary: dict) -> str:
                     tablefmt="simple")
 
 
+def _ratio(dev: dict, kind: str) -> str:
+    """``x1.002``, or n/a, and whether it was too small to judge (devstats.compare_with_ours)."""
+    value = dev.get(f"{kind}_ratio")
+    text = "x n/a" if value is None else f"x{value:.3f}"
+    if dev.get(f"{kind}_ratio_reason"):
+        text += f", under {dev.get('ratio_floor_bytes', 0) / 2**20:.0f} MiB: not judged"
+    return text
+
+
 def scenario_text(result) -> str:
     s = result.summary
     lines = [f"{result.name} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
@@ -80,16 +89,18 @@ def scenario_text(result) -> str:
         f"working set peak {s.get('kv_working_set_peak_bytes', 0) / 1e9:.2f} GB")
     for b in result.backends:
         if "io_mode" in b:
-            lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {b.get('block_device') or 'no block device'}), "
+            where = "memory, not a drive" if b.get("medium") == "memory" else b.get("block_device") or "no block device"
+            lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {where}), "
                          f"I/O mode {b['io_mode']}: {b.get('io_mode_reason', '')}")
             if "recycle" in b:
                 lines.append(f"  {b['tier']} files: {b.get('files_created', 0)} created, "
                              f"{b.get('files_recycled', 0)} recycled (recycling {'on' if b['recycle'] else 'off'})")
     dev = result.device_counters
     if dev.get("available"):
+        util = dev.get("utilization")
         lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
-                     f"(x{dev.get('read_ratio') or 0:.3f} of ours), write {dev['write_bytes'] / 1e9:.3f} GB "
-                     f"(x{dev.get('write_ratio') or 0:.3f}), busy {dev['utilization'] * 100:.0f}%")
+                     f"({_ratio(dev, 'read')} of ours), write {dev['write_bytes'] / 1e9:.3f} GB "
+                     f"({_ratio(dev, 'write')}), busy {'-' if util is None else f'{util * 100:.0f}%'}")
     elif result.backends and any("io_mode" in b for b in result.backends):
         lines.append(f"  device counters: {dev.get('reason', 'unavailable')}")
     table = tier_table(s)

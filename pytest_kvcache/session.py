@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .backends import BackendRegistry
-from .criteria import Criterion, merge, profile_criteria
+from .criteria import Criterion, honesty_criteria, merge, profile_criteria
 from .export import to_csv
 from .models import ModelSpec, resolve_model
 from .report import build_report, write_json
@@ -38,8 +38,9 @@ class KVSession:
 
     @staticmethod
     def criteria_for(settings: Settings) -> list[Criterion]:
-        """Profile defaults, the user's thresholds and, with --kv-verify, zero mismatches."""
-        return merge(profile_criteria(settings.profile),
+        """Profile defaults, the always-on honesty criteria, the user's thresholds and, with
+        --kv-verify, zero mismatches (a user's criterion on a default's metric replaces it)."""
+        return merge(profile_criteria(settings.profile) + honesty_criteria(),
                      [Criterion.parse(t, settings.threshold_source) for t in settings.threshold]
                      + ([Criterion.parse("verify.mismatches==0", "verify")] if settings.verify else []))
 

@@ -264,3 +264,34 @@ def test_a_user_gate_on_a_tier_the_scenario_has_fails_when_nothing_was_measured(
     profile = Criterion.parse("nvme.read.p95<=200ms", "profile:latency")
     assert [o.status for o in evaluate([gate, profile], {}, tiers=["cpu", "nvme"])] == ["fail", "n/a"]
     assert [o.status for o in evaluate([gate], {}, tiers=["cpu"])] == ["n/a"]
+
+
+def test_honesty_criteria_are_on_whatever_the_profile_and_a_user_bound_replaces_one():
+    from pytest_kvcache.session import KVSession
+    from pytest_kvcache.settings import Settings
+
+    honesty = cr.honesty_criteria()
+    assert [c.text for c in honesty] == ["storage.memory_tiers == 0", "device.read_ratio >= 0.9",
+                                         "device.write_ratio >= 0.9"]
+    assert {c.source for c in honesty} == {"honesty"}
+    for profile in ("latency", "throughput"):
+        texts = [c.text for c in KVSession.criteria_for(Settings(profile=profile))]
+        assert {c.text for c in honesty} < set(texts)
+    assert KVSession.criteria_for(Settings(profile="none")) == honesty
+    mine = KVSession.criteria_for(Settings(profile="none", threshold=("device.read_ratio>=0.5",
+                                                                     "storage.memory_tiers<=1")))
+    assert [(c.text, c.source) for c in mine] == [("device.write_ratio >= 0.9", "honesty"),
+                                                  ("device.read_ratio >= 0.5", "default"),
+                                                  ("storage.memory_tiers <= 1", "default")]
+
+
+def test_honesty_criteria_fail_page_cache_and_memory_and_pass_a_drive():
+    judged = {o.criterion.metric: o.status for o in cr.evaluate(cr.honesty_criteria(), {
+        "storage.memory_tiers": 1, "device.read_ratio": 0.02, "device.write_ratio": 1.7}, ["nvme"])}
+    assert judged == {"storage.memory_tiers": "fail", "device.read_ratio": "fail", "device.write_ratio": "pass"}
+    drive = cr.evaluate(cr.honesty_criteria(), {"storage.memory_tiers": 0, "device.read_ratio": 0.9,
+                                                "device.write_ratio": 1.0}, ["nvme"])
+    assert [o.status for o in drive] == ["pass", "pass", "pass"]
+    # too few bytes to judge (ratio absent) or no storage tier: n/a, never a pass
+    assert [o.status for o in cr.evaluate(cr.honesty_criteria(), {}, ["cpu"])] == ["n/a", "n/a", "n/a"]
+    assert cr.metric_kind("device.read_ratio") == "ratio" and cr.metric_kind("storage.memory_tiers") == "count"

@@ -242,3 +242,26 @@ def test_hook_changes_are_validated(pytester, cache_dir):
     result = run(pytester, cache_dir, configs=["cpu-only"])
     result.stdout.fnmatch_lines(["*--kv-users (pytest_kvcache_adjust_settings) must be at least 1*"])
     assert result.ret != 0 and "Traceback" not in result.stdout.str()
+
+
+def test_a_cache_dir_on_memory_needs_the_option_and_then_fails_as_memory(pytester, tmp_path):
+    from pytest_kvcache.fsinfo import mount_for
+
+    if mount_for("/dev/shm").fstype != "tmpfs":
+        pytest.skip("no tmpfs /dev/shm on this machine")
+    shm = f"/dev/shm/kvtest-{os.getpid()}-{tmp_path.name}"
+    os.mkdir(shm)
+    try:
+        result = run(pytester, shm, configs=["storage-only"])
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert "is on tmpfs: memory, not a drive" in result.stderr.str()
+        assert "--kv-allow-memory-fs" in result.stderr.str()
+        result = run(pytester, shm, "--kv-allow-memory-fs", configs=["storage-only"])
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*nvme: /dev/shm/kvtest-*(tmpfs, memory, not a drive)*",
+                                     "*storage.memory_tiers == 0*1*FAIL*honesty*"])
+        nvme = report(pytester)["scenarios"][0]["backends"][-1]
+        assert nvme["medium"] == "memory"
+        assert os.listdir(shm) == []
+    finally:
+        os.rmdir(shm)
