@@ -67,12 +67,12 @@ def tier_table(summary: dict) -> str:
                     tablefmt="simple")
 
 
-def _ratio(dev: dict, kind: str) -> str:
+def _ratio(dev: dict, kind: str, of: str = "") -> str:
     """``x1.002``, or n/a, and whether it was too small to judge (devstats.compare_with_ours)."""
     value = dev.get(f"{kind}_ratio")
-    text = "x n/a" if value is None else f"x{value:.3f}"
+    text = ("x n/a" if value is None else f"x{value:.3f}") + of
     if dev.get(f"{kind}_ratio_reason"):
-        text += f", under {dev.get('ratio_floor_bytes', 0) / 2**20:.0f} MiB: not judged"
+        text += f", not judged: ours under {dev.get('ratio_floor_bytes', 0) / 2**20:.0f} MiB"
     return text
 
 
@@ -99,7 +99,7 @@ def scenario_text(result) -> str:
     if dev.get("available"):
         util = dev.get("utilization")
         lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
-                     f"({_ratio(dev, 'read')} of ours), write {dev['write_bytes'] / 1e9:.3f} GB "
+                     f"({_ratio(dev, 'read', ' of ours')}), write {dev['write_bytes'] / 1e9:.3f} GB "
                      f"({_ratio(dev, 'write')}), busy {'-' if util is None else f'{util * 100:.0f}%'}")
     elif result.backends and any("io_mode" in b for b in result.backends):
         lines.append(f"  device counters: {dev.get('reason', 'unavailable')}")

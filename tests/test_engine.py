@@ -85,6 +85,9 @@ def test_cpu_plus_storage_runs_on_real_backends_and_cleans_up(tmp_path):
                 judged = dev[f"app_{kind}_bytes"] >= RATIO_FLOOR_BYTES
                 assert (f"device.{kind}_ratio" in result.metrics) == judged
                 assert (f"{kind}_ratio_reason" in dev) == (not judged)
+            text = scenario_text(result)
+            assert f"device {dev['device']} over the window" in text
+            assert ("not judged: ours under 64 MiB" in text) == ("read_ratio_reason" in dev or "write_ratio_reason" in dev)
         else:
             assert dev == {"available": False, "device": None, "devices": [], "reason": lookup.reason}
     finally:
@@ -180,7 +183,8 @@ def test_device_counters_that_saw_too_few_bytes_fail_the_scenario(tmp_path, monk
     outcomes = {o.criterion.text: o.status for o in result.outcomes}
     assert outcomes["device.write_ratio >= 0.9"] == "fail" and outcomes["storage.memory_tiers == 0"] == "pass"
     assert result.status == "failed"
-    assert "device vdx over the window: read 0.000 GB" in scenario_text(result)
+    text = scenario_text(result)
+    assert "device vdx over the window: read 0.000 GB (x" in text and "write 0.000 GB (x0.000), busy 0%" in text
 
 
 @pytest.fixture
