@@ -3,7 +3,7 @@
 Runs the ``storage-only`` scenario through ``pytest_kvcache.engine`` (provision + run_scenario,
 no pytest) for a short window. OUR figure is the application's read and write bytes on the nvme
 tier inside the window (``device_counters.app_read_bytes`` / ``app_write_bytes``, the same
-numbers the report's GB/s are made of); the BASELINE is the kernel's ``/sys/block/<dev>/stat``
+numbers the report's GB/s are made of); the BASELINE is the kernel's ``/sys/class/block/<dev>/stat``
 sector counters over the same window (``device_counters.read_bytes`` / ``write_bytes``).
 
 The device counts every I/O on the disk: other processes, file-system metadata. To tell them
@@ -25,7 +25,7 @@ import _common as C
 from pytest_kvcache.backends import default_registry
 from pytest_kvcache.devstats import DeviceWindow
 from pytest_kvcache.engine import provision, run_scenario
-from pytest_kvcache.fsinfo import block_device_for
+from pytest_kvcache.fsinfo import find_block_devices
 from pytest_kvcache.models import resolve_model
 from pytest_kvcache.settings import build_settings
 from pytest_kvcache.tiers import TIER_CONFIGS
@@ -36,8 +36,8 @@ TOLERANCE = 0.02
 QUIET = 0.005  # a rep is "quiet" when the idle windows around it saw < 0.5% of its bytes from others
 
 
-def idle_window(dev: str, seconds: float) -> dict:
-    window = DeviceWindow(dev)
+def idle_window(devices, seconds: float) -> dict:
+    window = DeviceWindow(devices)
     window.start()
     time.sleep(seconds)
     window.stop()
@@ -61,13 +61,13 @@ def main() -> None:
             "model": args.model, "generation_mode": args.generation_mode,
             "nvme_capacity_gb": args.nvme_capacity_gb, "profile": "none"}, {}, {})
         params = {k: v for k, v in vars(args).items() if k != "json"}
-        dev = block_device_for(directory)
-        params["block_device"] = dev
+        lookup = find_block_devices(directory)
+        dev = lookup.devices
+        params["block_device"] = lookup.label
         if not dev:
-            C.skip(args, NAME, f"no block device behind {directory} (tmpfs, overlay or an anonymous device): "
-                               "/sys/block counters cannot be matched to it", params)
+            C.skip(args, NAME, f"no block device behind {directory}: {lookup.reason}", params)
         if not idle_window(dev, 0.01).get("available"):
-            C.skip(args, NAME, f"/sys/block/{dev}/stat is not readable here", params)
+            C.skip(args, NAME, f"/sys/class/block/{lookup.label}/stat is not readable here", params)
         model = resolve_model(settings.model, settings.models)
         trace = generate_trace(WorkloadParams(seed=settings.seed, users=settings.users,
                                               requests_per_user=settings.requests_per_user,
@@ -114,9 +114,9 @@ def main() -> None:
                                   per_rep_ratio=per_rep,
                                   note=f"per-rep ratios {', '.join(f'{x:.4f}' for x in per_rep if x is not None)}"))
         C.print_table(f"{settings.model}, {settings.users} users, {args.duration:g} s window, storage-only: "
-                      "ratio = reported / device", rows, f"/sys/block/{dev}/stat")
+                      "ratio = reported / device", rows, f"/sys/class/block/{lookup.label}/stat")
         C.write_json(args.json, NAME, "ok", params, rows, raw={"runs": runs, "background": background},
-                     baseline_name=f"/sys/block/{dev}/stat")
+                     baseline_name=f"/sys/class/block/{lookup.label}/stat")
     finally:
         C.cleanup_dir(directory)
 

@@ -299,6 +299,14 @@ class MultiTierCache:
                 except (OSError, BackendError) as exc:
                     problems.append(f"{t.name}: cannot list stored entries: {exc}")
                     stored = set(t.entries)
+                try:
+                    unknown = t.backend.unknown_files()
+                except OSError as exc:
+                    problems.append(f"{t.name}: cannot list its files: {exc}")
+                    unknown = []
+                if unknown:
+                    shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                    problems.append(f"{t.name}: {len(unknown)} files in its directory that are not the tier's: {shown}")
                 if stored != set(t.entries):
                     problems.append(
                         f"{t.name}: backend holds {len(stored)} entries, cache accounts {len(t.entries)}"

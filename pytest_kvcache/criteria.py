@@ -69,6 +69,11 @@ FIXED_METRICS: dict[str, str] = {
     "window.edge_fraction": "fraction",
     "errors.count": "count",
     "verify.mismatches": "count",
+    # device counters' bytes ÷ ours on the storage tier over the window (present only when we
+    # moved at least devstats.RATIO_FLOOR_BYTES that way); storage tiers whose files are in RAM
+    "device.read_ratio": "ratio",
+    "device.write_ratio": "ratio",
+    "storage.memory_tiers": "count",
 }
 
 # Units per kind as (multiplier, divisor) to canonical. Dividing by exact powers of ten keeps
@@ -375,7 +380,7 @@ def not_applicable(metric: str, tiers: list[str], absent: Mapping[str, str]) -> 
             return f"no {parts[0]} tier in this scenario"
         if len(parts) == 3 and parts[1] not in possible_ops(tiers, parts[0]):
             return f"{parts[1]} cannot happen on the {parts[0]} tier of {' > '.join(tiers)}"
-    if parts[0] == "storage" and storage_tier(tiers) is None:
+    if parts[0] in ("storage", "device") and storage_tier(tiers) is None:
         return "no storage tier in this scenario"
     return None
 
@@ -472,6 +477,14 @@ BUILTIN: list[str] = [
     # an entry that no tier could hold was never stored: the run measured less than the
     # workload asked for (raise the budget the failure message names, or set your own bound)
     "cache.entries_dropped<=0",
+    # design section 6: memory or the page cache is never passed as a drive. A storage tier on
+    # a memory file system fails storage.memory_tiers; a window in which the drive's counters
+    # saw under 90% of the bytes we report read or written on the storage tier (the page cache
+    # served the rest) fails the ratio; counters also count other processes' I/O, so above 1
+    # is fine
+    "storage.memory_tiers==0",
+    "device.read_ratio>=0.9",
+    "device.write_ratio>=0.9",
 ]
 """Criteria every scenario is judged on, whatever ``--kv-profile``; a user's bound on the same
 metric and direction replaces one (``merge``)."""

@@ -20,9 +20,9 @@ from pathlib import Path
 from .backends import BackendContext, BackendRegistry
 from .cache import HIGH_WATER, MultiTierCache
 from .criteria import Criterion, evaluate
-from .devstats import DeviceWindow
+from .devstats import DeviceWindow, compare_with_ours
 from .errors import ConfigError
-from .fsinfo import block_device_for, free_bytes
+from .fsinfo import find_block_devices, free_bytes, memory_medium
 from .metrics import compute, headline
 from .models import ModelSpec
 from .ops import READ_OPS, WRITE_OPS, storage_tier
@@ -47,22 +47,29 @@ def _noise(seed: int) -> NoiseSource:
     return NoiseSource(seed)
 
 
-def check_cache_dir(path: Path, need_bytes: float = 0) -> None:
-    """Raise ConfigError, naming the fix, unless ``path`` is a writable directory with room."""
+def check_cache_dir(path: Path, need_bytes: float = 0, allow_memory: bool = False) -> None:
+    """Raise ConfigError, naming the fix, unless ``path`` is a writable directory with room, on a
+    drive (memory file systems only with ``allow_memory``, i.e. --kv-allow-memory-fs)."""
     if not path.exists():
         raise ConfigError(f"--kv-cache-dir {path} does not exist; create it or point --kv-cache-dir at an existing directory on the drive under test.")
     if not path.is_dir():
         raise ConfigError(f"--kv-cache-dir {path} is not a directory; point --kv-cache-dir at a directory on the drive under test.")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"--kv-cache-dir {path} is not writable by this user; choose a directory you can write to, or fix its permissions.")
+    memory = memory_medium(path)
+    if memory and not allow_memory:
+        raise ConfigError(f"--kv-cache-dir {path} is on {memory}: memory, not a drive, so the nvme tier would "
+                          "measure RAM. Point --kv-cache-dir at a directory on the drive under test, or add "
+                          "--kv-allow-memory-fs to measure memory on purpose (its figures are then marked "
+                          "memory and fail the criterion storage.memory_tiers==0).")
     free = free_bytes(path)
     if need_bytes > free:
         raise ConfigError(f"--kv-nvme-capacity-gb {need_bytes / 1e9:g} is more than the {free / 1e9:.1f} GB free in "
                           f"{path}; lower it or free space on that drive.")
 
 
-def make_run_dir(cache_root: Path) -> Path:
-    check_cache_dir(cache_root)
+def make_run_dir(cache_root: Path, allow_memory: bool = False) -> Path:
+    check_cache_dir(cache_root, allow_memory=allow_memory)
     try:
         return Path(tempfile.mkdtemp(prefix="kvcache-run-", dir=cache_root))  # mode 0700
     except OSError as exc:
@@ -118,10 +125,10 @@ class Provisioned:
 
 
 def provision(config: TierConfig, settings: Settings, registry: BackendRegistry) -> Provisioned:
-    check_cache_dir(settings.cache_root)
+    check_cache_dir(settings.cache_root, allow_memory=settings.allow_memory_fs)
     lock = DriveLock(settings.cache_root)
     try:
-        run_dir = make_run_dir(settings.cache_root)
+        run_dir = make_run_dir(settings.cache_root, settings.allow_memory_fs)
     except BaseException:
         lock.release()
         raise
@@ -147,7 +154,14 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     recorder = Recorder()
     cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
     storage = storage_tier(prov.tier_names)
-    device = DeviceWindow(block_device_for(prov.run_dir)) if storage else None
+    storage_backend = prov.backends[prov.tier_names.index(storage)] if storage else None
+    device = None
+    if storage_backend is not None and storage_backend.files_in_run_dir:
+        lookup = find_block_devices(prov.run_dir)
+        device = DeviceWindow(lookup.devices, reason=lookup.reason, found_by=lookup.found_by)
+    elif storage_backend is not None:  # its bytes go elsewhere (a mock, a remote store): the run dir's device is no measure
+        device = DeviceWindow(None, reason=f"the {storage} tier's backend ({storage_backend.name}) keeps "
+                                           "no files in the run directory")
 
     def tick(runner, elapsed_s):
         recorder.sample_occupancy({t: o["bytes"] for t, o in cache.occupancy().items()})
@@ -192,18 +206,23 @@ class _Run:
     storage_tier: str | None  # the last tier that is a drive, whose bytes the device counters check
     started: float
 
-    def _device_counters(self) -> dict:
+    def _device_counters(self) -> tuple[dict, dict[str, float]]:
+        """The device counters over the window beside our storage-tier bytes, and the ratios
+        large enough to judge as flat metrics (``device.read_ratio``, ``device.write_ratio``)."""
         if self.device is None:
-            return {"available": False, "reason": "no storage tier in this scenario"}
+            return {"available": False, "reason": "no storage tier in this scenario"}, {}
         counters = self.device.result()
-        if counters.get("available"):
-            window = self.recorder.window
-            app = {kind: sum(window[(self.storage_tier, op)].bytes for op in ops if (self.storage_tier, op) in window)
-                   for kind, ops in (("read", READ_OPS), ("write", WRITE_OPS))}
-            for kind, nbytes in app.items():
-                counters[f"app_{kind}_bytes"] = nbytes
-                counters[f"{kind}_ratio"] = round(counters[f"{kind}_bytes"] / nbytes, 4) if nbytes else None
-        return counters
+        if not counters.get("available"):
+            return counters, {}
+        window = self.recorder.window
+        ours, edge = {}, {}
+        for kind, ops in (("read", READ_OPS), ("write", WRITE_OPS)):
+            totals = [window[(self.storage_tier, op)] for op in ops if (self.storage_tier, op) in window]
+            ours[kind] = sum(w.bytes for w in totals)
+            edge[kind] = sum(w.edge_bytes for w in totals)
+        # judge a direction only when our bytes dwarf those in flight at the window's edges,
+        # which the device counters may or may not have seen
+        return counters, compare_with_ours(counters, ours, edge_bytes=edge)
 
     def result(self) -> ScenarioResult:
         prov, recorder, cache, info = self.prov, self.recorder, self.cache, self.runner.info
@@ -214,6 +233,11 @@ class _Run:
             flat["verify.mismatches"] = verifier.mismatches
             summary["verify"] = {"blocks_checked": verifier.checked, "mismatches": verifier.mismatches,
                                  "first": list(verifier.first)}
+        device_counters, ratios = self._device_counters()
+        flat.update(ratios)
+        backends = [b.describe() for b in prov.backends]
+        if self.storage_tier is not None:  # storage tiers whose files are in RAM: never a drive
+            flat["storage.memory_tiers"] = sum(b.get("medium") == "memory" for b in backends)
         occupancy = cache.occupancy()
         for tier, occ in occupancy.items():
             summary[f"{tier}_entries"] = occ["entries"]
@@ -222,19 +246,21 @@ class _Run:
         summary["kv_working_set_peak_bytes"] = info.peak_live_tokens * self.model.bytes_per_token
         flat["cache.entries_dropped"] = cache.dropped
         summary["entries_dropped"] = self._dropped()
-        outcomes = evaluate(self.criteria, flat, prov.tier_names, self._absent(flat))
+        outcomes = evaluate(self.criteria, flat, prov.tier_names, self._absent(device_counters))
         result = ScenarioResult(
             name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
             metrics=flat, summary=summary, outcomes=outcomes,
             invariant_problems=problems, errors=list(info.errors),
-            backends=[b.describe() for b in prov.backends], occupancy=occupancy,
-            device_counters=self._device_counters(),
+            backends=backends, occupancy=occupancy,
+            device_counters=device_counters,
             trace=self._trace_identity(),
             run={"aborted": info.aborted, "entries_dropped": cache.dropped,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
                  "staging_bytes": prov.ctx.staging.allocated_bytes,
-                 "measurement": "bytes counted when an I/O completes; only I/O completing inside the window counts; "
-                                "latency = time inside the backend's I/O calls (CUDA events on GPU)"},
+                 "measurement": "bytes counted as each transfer of an I/O completes inside the window (transfers in "
+                                "flight at its edges are the uncertainty, summary.window_edge_bytes); an I/O's count "
+                                "and latency when it completes inside the window; latency = time inside the backend's "
+                                "I/O calls (CUDA events on GPU); deletes and evictions move no bytes"},
             settings=self.settings.to_dict(), model=self.model.to_dict(),
             samples={key: w.latency.seconds() for key, w in recorder.window.items()},
         )
@@ -258,10 +284,15 @@ class _Run:
                           "with --kv-threshold 'cache.entries_dropped<=N'")
         return out
 
-    def _absent(self, flat: dict) -> dict:
+    def _absent(self, device_counters: dict) -> dict:
         """Features this scenario does not have -> why their metrics are n/a (criteria.evaluate)."""
         absent = {"cache.hit_rate.prefix": "this workload has no shared prefixes",
                   "cache.hit_rate.rag": "this workload has no RAG documents"}
+        for kind in ("read", "write"):  # no counters, or too few of our bytes to judge by them
+            why = device_counters.get(f"{kind}_ratio_reason") or (
+                None if device_counters.get("available") else f"no device counters: {device_counters.get('reason')}")
+            if why:
+                absent[f"device.{kind}_ratio"] = why
         if self.settings.read_model != "reference":
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
         if self.prov.ctx.verifier is None:

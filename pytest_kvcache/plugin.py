@@ -82,7 +82,7 @@ def pytest_configure(config):
     cli = {opt.name: config.getoption("kv_" + opt.name) for opt in OPTIONS}
     try:
         settings = build_settings(cli, _ini_values(config))
-        check_cache_dir(settings.cache_root, settings.nvme_capacity_gb * GB)
+        check_cache_dir(settings.cache_root, settings.nvme_capacity_gb * GB, allow_memory=settings.allow_memory_fs)
         registry = default_registry()
         config.hook.pytest_kvcache_register_backends(registry=registry)
         if settings.nvme_backend not in registry.names():

@@ -105,6 +105,15 @@ def tier_table(summary: dict) -> str:
                     tablefmt="simple")
 
 
+def _ratio(dev: dict, kind: str, of: str = "") -> str:
+    """``x1.002``, or n/a, and whether it was too small to judge (devstats.compare_with_ours)."""
+    value = dev.get(f"{kind}_ratio")
+    text = ("x n/a" if value is None else f"x{value:.3f}") + of
+    if dev.get(f"{kind}_ratio_reason"):
+        text += f"; {dev[f'{kind}_ratio_reason']}"
+    return text
+
+
 def scenario_text(result) -> str:
     s = result.summary
     lines = [f"{result.name} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
@@ -122,20 +131,17 @@ def scenario_text(result) -> str:
         lines.append(f"  ! {fix}")
     for b in result.backends:
         if "io_mode" in b:
-            lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {b.get('block_device') or 'no block device'}), "
+            where = "memory, not a drive" if b.get("medium") == "memory" else b.get("block_device") or "no block device"
+            lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {where}), "
                          f"I/O mode {b['io_mode']}: {b.get('io_mode_reason', '')}")
             if "recycle" in b:
                 lines.append(f"  {b['tier']} files: {b.get('files_created', 0)} created, "
                              f"{b.get('files_recycled', 0)} recycled (recycling {'on' if b['recycle'] else 'off'})")
     dev = result.device_counters
     if dev.get("available"):
-        def ratio(kind):
-            value = dev.get(f"{kind}_ratio")
-            return "n/a: we moved none" if value is None else f"x{value:.3f} of ours"
-
         lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
-                     f"({ratio('read')}), write {dev['write_bytes'] / 1e9:.3f} GB "
-                     f"({ratio('write')}), busy {format_figure(dev.get('utilization'), '%')}")
+                     f"({_ratio(dev, 'read', ' of ours')}), write {dev['write_bytes'] / 1e9:.3f} GB "
+                     f"({_ratio(dev, 'write')}), busy {format_figure(dev.get('utilization'), '%')}")
     elif result.backends and any("io_mode" in b for b in result.backends):
         lines.append(f"  device counters: {dev.get('reason', 'unavailable')}")
     table = tier_table(s)

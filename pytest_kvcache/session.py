@@ -38,7 +38,9 @@ class KVSession:
 
     @staticmethod
     def criteria_for(settings: Settings) -> list[Criterion]:
-        """Built-in and profile defaults, the user's thresholds and, with --kv-verify, zero mismatches."""
+        """Built-in defaults (dropped entries, memory and page cache never passed as a drive),
+        the profile's, the user's thresholds and, with --kv-verify, zero mismatches (a user's
+        criterion on a default's metric and direction replaces it)."""
         return merge(builtin_criteria() + profile_criteria(settings.profile),
                      [Criterion.parse(t, settings.threshold_source) for t in settings.threshold]
                      + ([Criterion.parse("verify.mismatches==0", "verify")] if settings.verify else []))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fsinfo import MOUNTS, memory_medium
 from .yamlfile import read_yaml
 
 GENERATION_MODES = ("none", "fast", "realistic")
@@ -48,7 +49,8 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("model", "str", "tiny-1b", "model from the catalog (or a --kv-config YAML) whose KV size per token is used"),
     Option("config", "path", None, "YAML file with settings and custom models (keys as the option names)"),
-    Option("cache_dir", "path", None, "directory under which the run makes its private directory (default: the system temp dir)"),
+    Option("cache_dir", "path", None, "directory on the drive under test in which the run makes its private directory (default: the system temp dir, or /var/tmp when that is memory)"),
+    Option("allow_memory_fs", "flag", False, "let --kv-cache-dir be on memory (tmpfs, ramfs, an overlay on tmpfs, a RAM disk): its figures are marked 'memory, not a drive' and fail storage.memory_tiers==0"),
     Option("gpu_mem_gb", "nonneg", 1.0, "GPU tier budget in GB"),
     Option("cpu_mem_gb", "nonneg", 1.5, "CPU tier budget in GB"),
     Option("nvme_capacity_gb", "nonneg", 0.0, "nvme tier budget in GB (0 = half the free space, at most 64 GB)"),
@@ -81,6 +83,7 @@ class Settings:
     model: str = "tiny-1b"
     config: str | None = None
     cache_dir: str | None = None
+    allow_memory_fs: bool = False
     gpu_mem_gb: float = 1.0
     cpu_mem_gb: float = 1.5
     nvme_capacity_gb: float = 0.0
@@ -111,13 +114,33 @@ class Settings:
 
     @property
     def cache_root(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(tempfile.gettempdir())
+        """``--kv-cache-dir``, else ``default_cache_root()`` (which may raise ConfigError)."""
+        return Path(self.cache_dir) if self.cache_dir else default_cache_root()
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
         out["threshold"] = list(self.threshold)
         out["cache_dir"] = str(self.cache_root)
         return out
+
+
+def default_cache_root(candidates=None, mounts_file: str = MOUNTS) -> Path:
+    """Where the run goes without ``--kv-cache-dir``: the first directory of ``candidates``
+    (default: the system temp dir, then ``/var/tmp``) that exists and is not memory.
+
+    On many distributions the temp dir is tmpfs, whose "disk" is RAM. Raises ConfigError, naming
+    ``--kv-cache-dir``, when every candidate is memory or missing.
+    """
+    if candidates is None:
+        candidates = (tempfile.gettempdir(), "/var/tmp")
+    seen = []
+    for path in candidates:
+        memory = memory_medium(path, mounts_file) if os.path.isdir(path) else None
+        if os.path.isdir(path) and memory is None:
+            return Path(path)
+        seen.append(f"{path} is on {memory}, memory" if memory else f"{path} does not exist")
+    raise ConfigError(f"no default cache dir on a drive: {'; '.join(seen)}. Point --kv-cache-dir at a "
+                      "directory on the drive under test.")
 
 
 def _convert(opt: Option, raw: Any, source: str) -> Any:

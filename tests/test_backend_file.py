@@ -117,7 +117,9 @@ def test_describe_and_bad_option(tmp_path):
         "io_mode_reason",
         "fstype",
         "mountpoint",
+        "medium",
         "block_device",
+        "block_devices",
         "device_model",
         "free_bytes",
     ):
@@ -340,3 +342,63 @@ def test_direct_writes_report_each_transfer_as_it_completes(tmp_path):
         assert [n for _, n in res.transfers] == [8192, 8192, 4096]
         ends = [end for end, _ in res.transfers]
         assert res.start_ns <= ends[0] <= ends[1] <= ends[2] <= res.end_ns
+
+
+def test_files_in_the_run_dir_that_are_not_ours_are_listed(tmp_path):
+    be = make(tmp_path)
+    be.write("live", 4096)
+    be.write("freed", 8192)
+    be.delete("freed")  # kept as a spare: still ours
+    assert be.unknown_files() == []
+    (tmp_path / "stray.kv").write_bytes(b"x")
+    (tmp_path / "slot99999999.kv").write_bytes(b"looks like ours, is not")
+    (tmp_path / "a-dir").mkdir()
+    assert be.unknown_files() == ["a-dir", "slot99999999.kv", "stray.kv"]
+    assert be.stored_keys() == {"live"}
+    be.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "slot99999999.kv", "stray.kv"]  # not ours
+
+
+def test_the_end_of_run_invariant_sees_unknown_files(tmp_path):
+    from pytest_kvcache.cache import MultiTierCache
+    from pytest_kvcache.recorder import Recorder
+
+    be = make(tmp_path)
+    recorder = Recorder()
+    recorder.open_window(0)
+    cache = MultiTierCache([be], recorder, 16)
+    cache.put("a", 1000)
+    assert cache.check_invariants() == []
+    for i in range(7):
+        (tmp_path / f"other{i}").write_bytes(b"")
+    assert cache.check_invariants() == [
+        "nvme: 7 files in its directory that are not the tier's: other0, other1, other2, other3, other4 and 2 more"]
+    be.close()
+
+
+def test_describe_says_drive_or_memory(tmp_path):
+    from pytest_kvcache import fsinfo
+
+    d = make(tmp_path).describe()
+    if fsinfo.memory_medium(tmp_path):
+        pytest.skip(f"{tmp_path} is memory here")
+    assert d["medium"] == "drive" and "medium_note" not in d
+    assert d["block_devices"] == list(fsinfo.find_block_devices(tmp_path).devices)
+    assert d["block_device"] == "+".join(d["block_devices"])
+
+
+def test_a_run_dir_on_dev_shm_is_described_as_memory(tmp_path):
+    from pytest_kvcache import fsinfo
+
+    if fsinfo.mount_for("/dev/shm").fstype != "tmpfs":
+        pytest.skip("no tmpfs /dev/shm")
+    run = Path("/dev/shm") / f"kvtest-{os.getpid()}-{tmp_path.name}"
+    run.mkdir()
+    try:
+        be = make(run)
+        d = be.describe()
+        assert d["medium"] == "memory" and d["medium_note"] == "tmpfs: memory, not a drive"
+        assert d["io_mode"] == "buffered" and d["block_device"] is None and d["block_devices"] == []
+        be.close()
+    finally:
+        run.rmdir()

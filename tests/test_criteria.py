@@ -322,5 +322,40 @@ def test_bounds_at_the_edge_of_the_domain_are_fine():
 def test_builtin_criteria_are_replaced_by_a_user_bound_on_the_same_metric():
     user = Criterion.parse("cache.entries_dropped<=10")
     merged = merge(builtin_criteria(), [user])
-    assert [c.text for c in merged] == ["cache.entries_dropped <= 10"]
-    assert [c.source for c in builtin_criteria()] == ["built-in"]
+    assert [c.text for c in merged if c.metric == "cache.entries_dropped"] == ["cache.entries_dropped <= 10"]
+    assert {c.source for c in builtin_criteria()} == {"built-in"}
+
+
+def test_honesty_criteria_are_on_whatever_the_profile_and_a_user_bound_replaces_one():
+    from pytest_kvcache.session import KVSession
+    from pytest_kvcache.settings import Settings
+
+    honesty = cr.builtin_criteria()
+    assert [c.text for c in honesty] == ["cache.entries_dropped <= 0", "storage.memory_tiers == 0",
+                                         "device.read_ratio >= 0.9", "device.write_ratio >= 0.9"]
+    assert {c.source for c in honesty} == {"built-in"}
+    for profile in ("latency", "throughput"):
+        texts = [c.text for c in KVSession.criteria_for(Settings(profile=profile))]
+        assert {c.text for c in honesty} < set(texts)
+    assert KVSession.criteria_for(Settings(profile="none")) == honesty
+    mine = KVSession.criteria_for(Settings(profile="none", threshold=("device.read_ratio>=0.5",
+                                                                     "storage.memory_tiers<=1")))
+    assert [(c.text, c.source) for c in mine] == [("cache.entries_dropped <= 0", "built-in"),
+                                                  ("device.write_ratio >= 0.9", "built-in"),
+                                                  ("device.read_ratio >= 0.5", "default"),
+                                                  ("storage.memory_tiers <= 1", "default")]
+
+
+HONESTY = [c for c in cr.builtin_criteria() if c.metric != "cache.entries_dropped"]
+
+
+def test_honesty_criteria_fail_page_cache_and_memory_and_pass_a_drive():
+    judged = {o.criterion.metric: o.status for o in cr.evaluate(HONESTY, {
+        "storage.memory_tiers": 1, "device.read_ratio": 0.02, "device.write_ratio": 1.7}, ["nvme"])}
+    assert judged == {"storage.memory_tiers": "fail", "device.read_ratio": "fail", "device.write_ratio": "pass"}
+    drive = cr.evaluate(HONESTY, {"storage.memory_tiers": 0, "device.read_ratio": 0.9,
+                                                "device.write_ratio": 1.0}, ["nvme"])
+    assert [o.status for o in drive] == ["pass", "pass", "pass"]
+    # too few bytes to judge (ratio absent) or no storage tier: n/a, never a pass
+    assert [o.status for o in cr.evaluate(HONESTY, {}, ["cpu"])] == ["n/a", "n/a", "n/a"]
+    assert cr.metric_kind("device.read_ratio") == "ratio" and cr.metric_kind("storage.memory_tiers") == "count"

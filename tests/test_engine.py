@@ -1,15 +1,21 @@
 """engine.provision + run_scenario on real backends (cpu arena + files), and run-dir safety."""
 
+import functools
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
+from pytest_kvcache import engine
 from pytest_kvcache.backends import default_registry
 from pytest_kvcache.criteria import builtin_criteria, profile_criteria
-from pytest_kvcache.engine import make_run_dir, provision, run_scenario
+from pytest_kvcache.devstats import RATIO_FLOOR_BYTES, compare_with_ours
+from pytest_kvcache.engine import check_cache_dir, make_run_dir, provision, run_scenario
 from pytest_kvcache.errors import ConfigError
+from pytest_kvcache.fsinfo import find_block_devices, mount_for
 from pytest_kvcache.models import resolve_model
+from pytest_kvcache.report import scenario_text
 from pytest_kvcache.settings import build_settings
 from pytest_kvcache.tiers import TIER_CONFIGS
 from pytest_kvcache.workload import WorkloadParams, generate_trace
@@ -67,6 +73,23 @@ def test_cpu_plus_storage_runs_on_real_backends_and_cleans_up(tmp_path):
         assert any(b["tier"] == "nvme" and b["backend"] == "file" for b in result.backends)
         assert result.metrics.get("nvme.write.count", 0) + result.metrics.get("nvme.demote_write.count", 0) > 0
         assert result.run["staging_bytes"] > 0
+        # the work dir is a drive: its device counters sit beside our bytes (this VM: vda)
+        assert result.metrics["storage.memory_tiers"] == 0
+        lookup = find_block_devices(prov.run_dir)
+        dev = result.device_counters
+        if lookup.devices:
+            assert dev["available"] is True and dev["devices"] == list(lookup.devices), dev
+            assert dev["app_write_bytes"] == sum(result.metrics.get(f"nvme.{op}.bytes", 0)
+                                                 for op in ("write", "demote_write"))
+            for kind in ("read", "write"):
+                judged = dev[f"app_{kind}_bytes"] >= RATIO_FLOOR_BYTES
+                assert (f"device.{kind}_ratio" in result.metrics) == judged
+                assert (f"{kind}_ratio_reason" in dev) == (not judged)
+            text = scenario_text(result)
+            assert f"device {dev['device']} over the window" in text
+            assert ("not judged: ours under 64 MiB" in text) == ("read_ratio_reason" in dev or "write_ratio_reason" in dev)
+        else:
+            assert dev == {"available": False, "device": None, "devices": [], "reason": lookup.reason}
     finally:
         left = prov.close()
     assert left == []
@@ -159,3 +182,89 @@ def test_make_run_dir_on_an_unwritable_dir(tmp_path):
             make_run_dir(ro)
     finally:
         ro.chmod(0o700)
+
+
+class _PageCacheWindow:
+    """Device counters that saw none of our bytes: what a page-cache-served run looks like."""
+
+    def __init__(self, devices, **kwargs):
+        pass
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def result(self):
+        return {"available": True, "device": "vdx", "devices": ["vdx"], "read_bytes": 0, "write_bytes": 0,
+                "utilization": 0.0}
+
+
+def test_device_counters_that_saw_too_few_bytes_fail_the_scenario(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "DeviceWindow", _PageCacheWindow)
+    monkeypatch.setattr(engine, "compare_with_ours", functools.partial(compare_with_ours, floor=1))
+    s = settings_for(tmp_path)
+    prov = provision(TIER_CONFIGS["storage-only"], s, default_registry())
+    try:
+        result = run_scenario(prov, s, resolve_model(s.model), small_trace(s), builtin_criteria())
+    finally:
+        prov.close()
+    assert result.metrics["device.write_ratio"] == 0.0
+    outcomes = {o.criterion.text: o.status for o in result.outcomes}
+    assert outcomes["device.write_ratio >= 0.9"] == "fail" and outcomes["storage.memory_tiers == 0"] == "pass"
+    assert result.status == "failed"
+    text = scenario_text(result)
+    assert "device vdx over the window: read 0.000 GB (x" in text and "write 0.000 GB (x0.000), busy 0.0%" in text
+
+
+@pytest.fixture
+def shm_dir(tmp_path):
+    if not os.path.isdir("/dev/shm") or mount_for("/dev/shm").fstype != "tmpfs":
+        pytest.skip("no tmpfs /dev/shm on this machine")
+    d = Path("/dev/shm") / f"kvtest-{os.getpid()}-{tmp_path.name}"
+    d.mkdir()
+    yield d
+    d.rmdir()
+
+
+def test_a_memory_cache_dir_is_a_usage_error_unless_allowed(shm_dir):
+    with pytest.raises(ConfigError) as err:
+        check_cache_dir(shm_dir)
+    assert f"--kv-cache-dir {shm_dir} is on tmpfs: memory, not a drive" in str(err.value)
+    assert "--kv-allow-memory-fs" in str(err.value)
+    with pytest.raises(ConfigError, match="memory, not a drive"):
+        provision(TIER_CONFIGS["storage-only"], settings_for(shm_dir), default_registry())
+    assert list(shm_dir.iterdir()) == []
+    check_cache_dir(shm_dir, allow_memory=True)
+
+
+def test_a_memory_cache_dir_with_the_option_is_marked_and_never_passes_as_a_drive(shm_dir):
+    s = settings_for(shm_dir, allow_memory_fs=True)
+    prov = provision(TIER_CONFIGS["storage-only"], s, default_registry())
+    try:
+        result = run_scenario(prov, s, resolve_model(s.model), small_trace(s), builtin_criteria())
+    finally:
+        prov.close()
+    assert list(shm_dir.iterdir()) == []
+    nvme = result.backends[-1]
+    assert nvme["medium"] == "memory" and nvme["medium_note"] == "tmpfs: memory, not a drive"
+    assert result.metrics["storage.memory_tiers"] == 1
+    assert result.device_counters["available"] is False
+    assert result.device_counters["reason"].endswith("the tmpfs mount /dev/shm is memory, not a drive")
+    assert {o.criterion.text: o.status for o in result.outcomes}["storage.memory_tiers == 0"] == "fail"
+    assert result.status == "failed"
+    assert "(tmpfs, memory, not a drive), I/O mode buffered" in scenario_text(result)
+
+
+def test_a_storage_tier_that_keeps_no_files_gets_no_device_verdict(tmp_path):
+    s = settings_for(tmp_path, nvme_backend="mock")
+    prov = provision(TIER_CONFIGS["storage-only"], s, default_registry())
+    try:
+        result = run_scenario(prov, s, resolve_model(s.model), small_trace(s), builtin_criteria())
+    finally:
+        prov.close()
+    assert result.device_counters == {"available": False, "device": None, "devices": [],
+                                      "reason": "the nvme tier's backend (mock) keeps no files in the run directory"}
+    assert "device.read_ratio" not in result.metrics and "device.write_ratio" not in result.metrics
+    assert [o.status for o in result.outcomes] == ["pass", "pass", "n/a", "n/a"]

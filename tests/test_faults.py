@@ -141,7 +141,8 @@ def small_fs(tmp_path):
 
 def test_disk_full_mid_run_fails_the_scenario_and_removes_its_files(small_fs):
     (small_fs / "mine.txt").write_text("user data")
-    result, prov = _run("storage-only", _settings(small_fs, nvme_capacity_gb=0.1))
+    # a small tmpfs fills up fast; it is memory, so the run must be allowed on it
+    result, prov = _run("storage-only", _settings(small_fs, nvme_capacity_gb=0.1, allow_memory_fs=True))
     assert result.status == "error"
     message = result.failure_message()
     assert "is full" in message and "--kv-nvme-capacity-gb" in message

@@ -272,3 +272,26 @@ def test_a_hit_rate_with_no_lookups_is_na_everywhere(pytester, cache_dir):
     assert "cache.hit_rate" not in scenario["metrics"]
     assert 'name="kv_cache_hit_rate" value="n/a"' in (pytester.path / "out.xml").read_text()
     assert ",cache_hit_rate," in (pytester.path / "kvcache-report.csv").read_text().splitlines()[0] + ","
+
+
+def test_a_cache_dir_on_memory_needs_the_option_and_then_fails_as_memory(pytester, tmp_path):
+    from pytest_kvcache.fsinfo import mount_for
+
+    if mount_for("/dev/shm").fstype != "tmpfs":
+        pytest.skip("no tmpfs /dev/shm on this machine")
+    shm = f"/dev/shm/kvtest-{os.getpid()}-{tmp_path.name}"
+    os.mkdir(shm)
+    try:
+        result = run(pytester, shm, configs=["storage-only"])
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert "is on tmpfs: memory, not a drive" in result.stderr.str()
+        assert "--kv-allow-memory-fs" in result.stderr.str()
+        result = run(pytester, shm, "--kv-allow-memory-fs", configs=["storage-only"])
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*nvme: /dev/shm/kvtest-*(tmpfs, memory, not a drive)*",
+                                     "*storage.memory_tiers == 0*1*FAIL*built-in*"])
+        nvme = report(pytester)["scenarios"][0]["backends"][-1]
+        assert nvme["medium"] == "memory"
+        assert os.listdir(shm) == []
+    finally:
+        os.rmdir(shm)

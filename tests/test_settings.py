@@ -77,3 +77,51 @@ def test_file_recycle_reaches_the_file_tier_only(value, recycle):
     assert mock[0].options == {}
     with pytest.raises(ConfigError, match="on, off"):
         build_settings({"file_recycle": "maybe"}, {}, {})
+
+
+def test_the_default_cache_dir_is_on_a_drive(tmp_path):
+    from pytest_kvcache.settings import default_cache_root
+
+    shm, disk, spare = (tmp_path / n for n in ("shm", "disk", "spare"))
+    for d in (shm, disk, spare):
+        d.mkdir()
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\ntmpfs {shm} tmpfs rw 0 0\ntmpfs {spare} tmpfs rw 0 0\n")
+    assert default_cache_root([str(disk), str(spare)], str(mounts)) == disk
+    assert default_cache_root([str(shm), str(disk)], str(mounts)) == disk  # temp dir is memory: /var/tmp
+    with pytest.raises(ConfigError) as err:
+        default_cache_root([str(shm), str(tmp_path / "gone")], str(mounts))
+    assert str(err.value) == (f"no default cache dir on a drive: {shm} is on tmpfs, memory; {tmp_path / 'gone'} "
+                              "does not exist. Point --kv-cache-dir at a directory on the drive under test.")
+
+
+def test_the_default_cache_dir_on_this_machine():
+    import tempfile
+    from pathlib import Path
+
+    from pytest_kvcache.fsinfo import memory_medium
+
+    temp = tempfile.gettempdir()
+    expected = Path(temp) if memory_medium(temp) is None else Path("/var/tmp")
+    assert Settings().cache_root == expected
+    assert memory_medium(Settings().cache_root) is None
+    assert Settings(cache_dir="/dev/shm").cache_root == Path("/dev/shm")  # explicit: checked later
+
+
+@pytest.mark.parametrize("source", ["cli", "env", "yaml", "ini"])
+def test_allow_memory_fs_from_every_source(tmp_path, source):
+    cfg = tmp_path / "kv.yaml"
+    cfg.write_text("allow_memory_fs: yes\n")  # YAML 1.1 reads yes as true
+    cli, ini, env = {}, {}, {}
+    if source == "cli":
+        cli["allow_memory_fs"] = True
+    elif source == "env":
+        env["KVCACHE_ALLOW_MEMORY_FS"] = "1"
+    elif source == "yaml":
+        cli["config"] = str(cfg)
+    else:
+        ini["allow_memory_fs"] = True
+    assert build_settings(cli, ini, env).allow_memory_fs is True
+    assert build_settings({}, {}, {}).allow_memory_fs is False
+    with pytest.raises(ConfigError, match="--kv-allow-memory-fs"):
+        build_settings({}, {}, {"KVCACHE_ALLOW_MEMORY_FS": "maybe"})

@@ -65,6 +65,9 @@ class Backend(abc.ABC):
     """A place KV entries can live. Thread-safe for distinct keys."""
 
     name = "base"
+    #: True when the backend keeps its entries as files in ``ctx.run_dir``: then the block devices
+    #: behind the run directory see its I/O, and their counters are set beside its bytes.
+    files_in_run_dir = False
 
     def __init__(self, spec: TierSpec, ctx: BackendContext):
         self.spec = spec
@@ -91,6 +94,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stored_keys(self) -> set[str]:
         """Keys physically present (for the end-of-run invariants)."""
+
+    def unknown_files(self) -> list[str]:
+        """Files in this backend's place that it did not make (for the end-of-run invariants);
+        a backend that keeps no files has none."""
+        return []
 
     def describe(self) -> dict:
         """How this backend measures: mode, path, file system, device. Goes into the report."""

@@ -37,6 +37,7 @@ MODES = ("direct", "buffered")
 
 class FileBackend(Backend):
     name = "file"
+    files_in_run_dir = True
 
     def __init__(self, spec: TierSpec, ctx: BackendContext):
         super().__init__(spec, ctx)
@@ -51,23 +52,30 @@ class FileBackend(Backend):
             if forced == "direct" and (failure := fsinfo.try_direct_io(self.dir)):
                 raise ConfigError(f"io_mode 'direct' forced but {self.dir}: {failure}")
             mount = fsinfo.mount_for(self.dir)
+            memory = fsinfo.memory_medium(self.dir)
             free = fsinfo.free_bytes(self.dir)
         except OSError as e:
             raise BackendError(f"cannot use {self.dir} for the file tier: {e}") from e
         if forced is not None:
             mode, reason = forced, f"forced by io_mode option (probe said {mode}: {reason})"
         self.direct = mode == "direct"
-        blockdev = fsinfo.block_device_for(self.dir)
+        devices = fsinfo.find_block_devices(self.dir)
         self._info = {
             "path": self.dir,
             "io_mode": mode,
             "io_mode_reason": reason,
             "fstype": mount.fstype,
             "mountpoint": mount.mountpoint,
-            "block_device": blockdev,
-            "device_model": fsinfo.device_model(blockdev),
+            # "memory": files in RAM (tmpfs, an overlay on it, a RAM disk), so every figure of
+            # this tier is memory's; the cache dir check lets that run only when asked for
+            "medium": "memory" if memory else "drive",
+            "block_device": devices.label,
+            "block_devices": list(devices.devices),
+            "device_model": fsinfo.device_model(devices.label),
             "free_bytes": free,
         }
+        if memory:
+            self._info["medium_note"] = f"{memory}: memory, not a drive"
         recycle = spec.options.get("recycle", True)
         if not isinstance(recycle, bool):
             raise ConfigError(f"recycle must be true or false, got {recycle!r}")
@@ -286,6 +294,15 @@ class FileBackend(Backend):
             names = dict(self._names)
         with os.scandir(self.dir) as it:
             return {names[e.name] for e in it if e.name in names}
+
+    def unknown_files(self) -> list[str]:
+        """Names in the run directory that are none of ours (live, being written, spare, or
+        awaiting removal): something else wrote there during the run."""
+        with self._lock:
+            ours = set(self._names) | set(self._stray)
+            ours.update(n for names in self._spares.values() for n in names)
+        with os.scandir(self.dir) as it:
+            return sorted(e.name for e in it if e.name not in ours)
 
     def describe(self) -> dict:
         with self._lock:
