@@ -54,7 +54,8 @@ def test_cpu_plus_storage_runs_on_real_backends_and_cleans_up(tmp_path):
         def tick(runner, elapsed_s):
             seen_during_run.append(len(list(prov.run_dir.iterdir())))
 
-        result = run_scenario(prov, s, model, trace, profile_criteria(s.profile), on_tick=tick)
+        # no latency criteria: other jobs share this disk; the run itself must be clean
+        result = run_scenario(prov, s, model, trace, [], on_tick=tick)
         assert result.status == "passed", result.failure_message()
         assert result.errors == [] and result.invariant_problems == []
         assert result.tiers == ["cpu", "nvme"]
@@ -82,12 +83,14 @@ def test_cpu_plus_storage_runs_on_real_backends_and_cleans_up(tmp_path):
             assert dev["app_write_bytes"] == sum(result.metrics.get(f"nvme.{op}.bytes", 0)
                                                  for op in ("write", "demote_write"))
             for kind in ("read", "write"):
-                judged = dev[f"app_{kind}_bytes"] >= RATIO_FLOOR_BYTES
+                edge = sum(result.summary["tiers"]["nvme"].get(op, {}).get("edge_bytes", 0)
+                           for op in ((kind, f"demote_{kind}")))
+                judged = dev[f"app_{kind}_bytes"] >= max(RATIO_FLOOR_BYTES, 10 * edge)
                 assert (f"device.{kind}_ratio" in result.metrics) == judged
                 assert (f"{kind}_ratio_reason" in dev) == (not judged)
             text = scenario_text(result)
             assert f"device {dev['device']} over the window" in text
-            assert ("not judged: ours under 64 MiB" in text) == ("read_ratio_reason" in dev or "write_ratio_reason" in dev)
+            assert ("not judged: we " in text) == ("read_ratio_reason" in dev or "write_ratio_reason" in dev)
         else:
             assert dev == {"available": False, "device": None, "devices": [], "reason": lookup.reason}
     finally:
