@@ -30,7 +30,7 @@ from .fsinfo import describe_drive
 from .plots import plots_available, render_plots
 from .report import build_report, scenario_text
 from .result import ScenarioResult
-from .session import KVSession
+from .session import KVSession, check_output_path, check_report_path
 from .settings import GB, OPTIONS, build_settings
 
 _OLD_SIGTERM = pytest.StashKey[object]()
@@ -92,6 +92,10 @@ def pytest_configure(config):
         report = Path(settings.report) if settings.report and not _is_xdist_worker(config) else None
         if report is not None and not report.is_absolute():
             report = Path(config.invocation_params.dir) / report
+        if report is not None:
+            check_report_path(report)
+        if settings.plots and not _is_xdist_worker(config):
+            check_output_path(Path(config.invocation_params.dir) / settings.plots, "--kv-plots", is_dir=True)
         config.stash[SESSION_KEY] = KVSession(settings, registry, report)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -190,7 +194,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line("")
     s = kv.results[0]
     tr.write_line(f"trace sha256 {s.trace.get('sha256')} (seed {kv.settings.seed}, {s.trace.get('requests')} requests)")
-    if kv.report_path is not None:
+    if kv.report_error is not None:
+        tr.write_line(f"JSON report NOT written: {kv.report_error} The figures above are all that is kept "
+                      f"of this run.", red=True, bold=True)
+    elif kv.report_path is not None:
         tr.write_line(f"JSON report: {kv.report_path} (CSV: {kv.report_path.with_suffix('.csv').name})")
     if kv.settings.plots:
         missing = plots_available()
@@ -200,4 +207,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             data = build_report(kv, final=True)
             data["label"] = kv.settings.cache_root.name or "run"
             target = Path(config.invocation_params.dir) / kv.settings.plots
-            tr.write_line(f"plots: {render_plots([data], target)}")
+            try:
+                tr.write_line(f"plots: {render_plots([data], target)}")
+            except OSError as exc:
+                tr.write_line(f"plots NOT written: cannot write in {target}: {exc.strerror or exc}"
+                              f"{f' ({exc.filename})' if exc.filename else ''}.", red=True, bold=True)

@@ -271,3 +271,24 @@ def test_broken_entry_is_removed_once_by_its_last_reader():
     assert sorted(map(str, results)) == ["None", "cpu"]
     assert not cache.contains("p") and rec.error_count == 1
     assert cache.check_invariants() == []
+
+
+def test_a_failed_report_write_is_kept_as_a_message_not_raised(tmp_path, monkeypatch):
+    import errno
+
+    import pytest_kvcache.session as session_mod
+    from pytest_kvcache.session import KVSession
+
+    path = tmp_path / "r.json"
+    kv = KVSession(build_settings({}, {}, {}), default_registry(), path)
+    kv.results.append(object())
+    monkeypatch.setattr(session_mod, "build_report", lambda session, final: {"scenarios": []})
+
+    def disk_full(target, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(session_mod, "write_json", disk_full)
+    assert kv.write_report(final=False) is None  # a scenario's intermediate write: no exception
+    assert kv.report_error == f"cannot write {path}: No space left on device ({path})."
+    monkeypatch.setattr(session_mod, "write_json", lambda target, data: target.write_text("{}"))
+    assert kv.write_report(final=True) == path and kv.report_error is None  # the last write counts
