@@ -21,6 +21,7 @@ from .criteria import Criterion, evaluate
 from .devstats import DeviceWindow
 from .errors import ConfigError
 from .fsinfo import block_device_for, free_bytes
+from .memory import check_host_memory
 from .metrics import compute
 from .models import ModelSpec
 from .payload import NoiseSource, StagingBuffers, Verifier
@@ -110,9 +111,16 @@ class Provisioned:
 
 
 def provision(config: TierConfig, settings: Settings, registry: BackendRegistry) -> Provisioned:
+    """Make the scenario's run directory and backends, holding the drive's lock.
+
+    Raises ConfigError (naming the fix) when the cache dir is unusable or the scenario's host
+    memory (``memory.host_bytes_needed``) exceeds what the process can have, before anything is
+    created; BackendError when a backend cannot be made. Whatever was made is removed then.
+    """
     check_cache_dir(settings.cache_root)
     lock = DriveLock(settings.cache_root)
     try:
+        check_host_memory(config.name, config.tiers, settings)  # under the lock: the last scenario has freed its own
         run_dir = make_run_dir(settings.cache_root)
     except BaseException:
         lock.release()

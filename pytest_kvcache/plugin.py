@@ -15,10 +15,12 @@ import pytest
 
 from . import hookspec
 from .backends import default_registry
+from .backends.gpu import gpu_unavailable_reason
 from .engine import check_cache_dir
 from .errors import ConfigError
 from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin module)
     SESSION_KEY,
+    adjusted_settings,
     kv_model,
     kv_run,
     kv_session,
@@ -27,11 +29,13 @@ from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin
     kv_workload,
 )
 from .fsinfo import describe_drive
+from .memory import check_host_memory
 from .plots import plots_available, render_plots
 from .report import build_report, scenario_text
 from .result import ScenarioResult
 from .session import KVSession, check_output_path, check_report_path
 from .settings import GB, OPTIONS, build_settings
+from .tiers import TIER_CONFIGS
 
 _OLD_SIGTERM = pytest.StashKey[object]()
 
@@ -103,6 +107,33 @@ def pytest_configure(config):
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             "pytest's rootdir is '/': a path given as '--kv-cache-dir PATH' counts when pytest picks its "
             "rootdir. Write '--kv-cache-dir=PATH' so test ids and saved benchmarks stay stable."), stacklevel=2)
+
+
+def pytest_collection_finish(session):
+    """Before anything runs: each collected scenario must fit in the host memory there is.
+
+    Checked here, not at configure time, because only the scenarios that will run count (a
+    storage-only run needs no CPU tier budget); ``engine.provision`` checks again per scenario.
+    """
+    config = session.config
+    kv = config.stash.get(SESSION_KEY, None)
+    if kv is None or _is_xdist_worker(config) or config.option.collectonly:
+        return
+    names = {getattr(item, "callspec", None) and item.callspec.params.get("kv_tiers") for item in session.items}
+    problems = []
+    for name in sorted(n for n in names if n in TIER_CONFIGS):
+        if "gpu" in TIER_CONFIGS[name].tiers and gpu_unavailable_reason():
+            continue  # skipped when it runs
+        try:
+            settings = adjusted_settings(config, name)
+        except ConfigError:
+            continue  # a hook's bad change fails that scenario when it runs, with the hook named
+        try:
+            check_host_memory(name, TIER_CONFIGS[name].tiers, settings)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
 
 
 def _sigterm_as_interrupt(signum, frame):

@@ -292,3 +292,18 @@ def test_a_failed_report_write_is_kept_as_a_message_not_raised(tmp_path, monkeyp
     assert kv.report_error == f"cannot write {path}: No space left on device ({path})."
     monkeypatch.setattr(session_mod, "write_json", lambda target, data: target.write_text("{}"))
     assert kv.write_report(final=True) == path and kv.report_error is None  # the last write counts
+
+
+def test_provision_checks_host_memory_before_making_anything(tmp_path):
+    """Per scenario (a hook may have raised the budget since the session's check)."""
+    import fcntl
+
+    huge = 2 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    with pytest.raises(ConfigError, match="scenario cpu-only needs .* lower --kv-cpu-mem-gb to"):
+        provision(TIER_CONFIGS["cpu-only"], _settings(tmp_path, cpu_mem_gb=huge), default_registry())
+    assert list(tmp_path.iterdir()) == []
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the drive's lock was released
+    finally:
+        os.close(fd)

@@ -334,3 +334,45 @@ def test_report_write_failure_keeps_the_terminal_summary(pytester, cache_dir, ho
     result.stdout.fnmatch_lines(["*kvcache session report*", "cpu-only [[]PASSED]*",
                                  f"JSON report NOT written: *{pytester.path / 'out'}*{needle}*"])
     assert "JSON report: " not in out
+
+
+def more_memory_than_this_machine_has_gb() -> float:
+    """Twice RAM plus swap: never allocatable here (a check that fails must not try it)."""
+    info = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+    kb = int(info["MemTotal"].split()[0]) + int(info.get("SwapTotal", "0 kB").split()[0])
+    return round(2 * kb * 1024 / 1e9, 1)
+
+
+def test_cpu_budget_above_host_memory_is_a_usage_error_before_anything_runs(pytester, cache_dir):
+    huge = more_memory_than_this_machine_has_gb()
+    result = run(pytester, cache_dir, f"--kv-cpu-mem-gb={huge}", configs=["cpu-only", "storage-only"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "scenario cpu-only needs" in err and "lower --kv-cpu-mem-gb to" in err and "MemAvailable" in err
+    assert "storage-only" not in err and "Traceback" not in err + result.stdout.str()
+    assert list(cache_dir.iterdir()) == [] and not (pytester.path / "kvcache-report.json").exists()
+    # only the scenarios that will run count: storage-only has no CPU tier to allocate
+    run(pytester, cache_dir, f"--kv-cpu-mem-gb={huge}", "-k", "storage", configs=["cpu-only", "storage-only"]
+        ).assert_outcomes(passed=1, deselected=1)
+
+
+def test_failed_cpu_tier_allocation_is_a_scenario_error_and_the_report_is_kept(pytester, cache_dir):
+    pytester.makeconftest("""
+import errno
+import pytest
+
+@pytest.fixture(autouse=True)
+def no_memory_for_the_arena(monkeypatch):
+    def enomem(nbytes):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    monkeypatch.setattr("pytest_kvcache.backends.cpu.aligned_buffer", enomem)
+""")
+    result = run(pytester, cache_dir, configs=["storage-only", "cpu-only"])
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "Traceback" not in out and "Errno 12" not in out
+    result.stdout.fnmatch_lines(["*cpu tier: cannot allocate its 0.50 GB arena in host memory (Cannot allocate memory);"
+                                 " lower --kv-cpu-mem-gb or free memory.*",
+                                 "*kvcache session report*", "storage-only [[]PASSED]*", "*JSON report:*"])
+    assert [s["name"] for s in report(pytester)["scenarios"]] == ["storage-only"]
+    assert list(cache_dir.iterdir()) == []
