@@ -70,7 +70,7 @@ def pytest_addoption(parser):
         if opt.choices:
             kwargs["metavar"] = "{" + ",".join(opt.choices) + "}"
         group.addoption(opt.flag, **kwargs)
-        ini_type = {"list": "linelist", "flag": "bool"}.get(opt.kind, "string")
+        ini_type = "linelist" if opt.kind == "list" else "string"  # settings._convert checks and names the key
         parser.addini(opt.ini, help=opt.help, type=ini_type)
     parser.addini("kv_thresholds", help="alias of kv_threshold: one criterion per line", type="linelist")
 

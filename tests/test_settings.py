@@ -200,3 +200,11 @@ def test_file_recycle_from_ini(pytester, text, expected):
 
     pytester.makeini(f"[pytest]\nkv_file_recycle = {text}\nkv_cache_dir = {pytester.path}\n")
     assert pytester.parseconfigure().stash[SESSION_KEY].settings.file_recycle == expected
+
+
+def test_a_bad_ini_flag_names_its_key(pytester):
+    pytester.makeini(f"[pytest]\nkv_verify = maybe\nkv_cache_dir = {pytester.path}\n")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--kv-verify (ini kv_verify) must be true or false" in result.stderr.str()
