@@ -23,6 +23,7 @@ from .criteria import Criterion, evaluate
 from .devstats import DeviceWindow, compare_with_ours
 from .errors import ConfigError
 from .fsinfo import find_block_devices, free_bytes, memory_medium
+from .memory import check_host_memory
 from .metrics import compute, headline
 from .models import ModelSpec
 from .ops import READ_OPS, WRITE_OPS, storage_tier
@@ -125,9 +126,16 @@ class Provisioned:
 
 
 def provision(config: TierConfig, settings: Settings, registry: BackendRegistry) -> Provisioned:
+    """Make the scenario's run directory and backends, holding the drive's lock.
+
+    Raises ConfigError (naming the fix) when the cache dir is unusable or the scenario's host
+    memory (``memory.host_bytes_needed``) exceeds what the process can have, before anything is
+    created; BackendError when a backend cannot be made. Whatever was made is removed then.
+    """
     check_cache_dir(settings.cache_root, allow_memory=settings.allow_memory_fs)
     lock = DriveLock(settings.cache_root)
     try:
+        check_host_memory(config.name, config.tiers, settings)  # under the lock: the last scenario has freed its own
         run_dir = make_run_dir(settings.cache_root, settings.allow_memory_fs)
     except BaseException:
         lock.release()

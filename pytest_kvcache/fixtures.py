@@ -56,17 +56,24 @@ def kv_workload(kv_session):
     return kv_session.trace_for(kv_session.settings)
 
 
-def scenario_settings(config, name: str):
-    """The session settings with every ``pytest_kvcache_adjust_settings`` change applied."""
-    session = _session(config)
-    settings = session.settings
+def adjusted_settings(config, name: str):
+    """The session settings with every ``pytest_kvcache_adjust_settings`` change applied.
+
+    Raises ConfigError when a hook's change is not a valid setting.
+    """
+    settings = _session(config).settings
     for changes in config.hook.pytest_kvcache_adjust_settings(settings=settings, scenario=name):
         if changes:
-            try:
-                settings = settings.replace(**validate_changes(changes, "pytest_kvcache_adjust_settings"))
-            except ConfigError as exc:
-                pytest.fail(str(exc), pytrace=False)
+            settings = settings.replace(**validate_changes(changes, "pytest_kvcache_adjust_settings"))
     return settings
+
+
+def scenario_settings(config, name: str):
+    """``adjusted_settings``, failing the running test on a bad change."""
+    try:
+        return adjusted_settings(config, name)
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from .backends import BackendRegistry
 from .criteria import Criterion, builtin_criteria, merge, profile_criteria, unjudged
+from .errors import ConfigError
 from .export import to_csv
 from .models import ModelSpec, resolve_model
 from .report import build_report, write_json
@@ -15,11 +17,48 @@ from .settings import Settings
 from .workload import Trace, WorkloadParams, generate_trace
 
 
+def check_output_path(path: Path, option: str, is_dir: bool = False) -> None:
+    """Raise ConfigError, naming the fix, unless this process can write a file (or, with
+    ``is_dir``, fill a directory) at ``path``.
+
+    A file's path must not be a directory, a directory's must not be a file, and the nearest
+    existing ancestor must be a directory this process can create files in (missing
+    directories are made when the output is written). Tried with an anonymous temporary
+    file, so nothing is left behind.
+    """
+    if is_dir and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file; give a directory (it is created if missing).")
+    if not is_dir and path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file name, such as {path / 'kvcache-report.json'}.")
+    parent = path if is_dir else path.parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a directory (a file stands where a directory of the path "
+                          f"should be); choose another path.")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot create files in {parent} ({exc.strerror}); choose a directory "
+                          f"you can write to, or fix its permissions.") from None
+
+
+def check_report_path(path: Path) -> None:
+    """``--kv-report``: the JSON report and the CSV beside it can be written (ConfigError if not)."""
+    check_output_path(path, "--kv-report")
+    csv = path.with_suffix(".csv")
+    if csv.is_dir():
+        raise ConfigError(f"--kv-report {path}: the CSV written beside it, {csv}, is a directory; "
+                          f"choose another report name or move that directory.")
+
+
 class KVSession:
     def __init__(self, settings: Settings, registry: BackendRegistry, report_path: Path | None):
         self.settings = settings
         self.registry = registry
         self.report_path = report_path
+        self.report_error: str | None = None  # where and why the last write of the report failed
         self.model: ModelSpec = resolve_model(settings.model, settings.models)
         self.criteria: list[Criterion] = self.criteria_for(settings)
         self.results: list[ScenarioResult] = []
@@ -70,9 +109,25 @@ class KVSession:
         self.write_report(final=False)
 
     def write_report(self, final: bool) -> Path | None:
+        """Write the JSON report and the CSV beside it; returns the path, or None if not written.
+
+        A failed write never raises (the results stay in memory for the terminal summary):
+        ``report_error`` says where and why; a later successful write clears it.
+        """
         if self.report_path is None or not self.results:
             return None
         data = build_report(self, final)
-        write_json(self.report_path, data)
-        self.report_path.with_suffix(".csv").write_text(to_csv([data]))
+        try:
+            write_json(self.report_path, data)
+            self.report_path.with_suffix(".csv").write_text(to_csv([data]))
+        except OSError as exc:
+            try:
+                check_report_path(self.report_path)  # names the cause and the fix where it can
+                where = exc.filename2 or exc.filename
+                self.report_error = (f"cannot write {self.report_path}: {exc.strerror or exc}"
+                                     + (f" ({where})." if where else "."))
+            except ConfigError as cause:
+                self.report_error = str(cause)
+            return None
+        self.report_error = None
         return self.report_path

@@ -70,7 +70,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("file_recycle", "choice", "on", "file tier: on = a freed chunk's file is kept and overwritten in place by a later write (no file creation per write); off = unlink on free, create on write", ("on", "off")),
     Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
     Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
-    Option("report", "path", "kvcache-report.json", "where the JSON session report is written"),
+    Option("report", "path", "kvcache-report.json", "where the JSON session report is written ('' = none)"),
     Option("plots", "path", None, "write PNG plots and an index.html of the session into this directory (needs the plots extra)"),
     Option("verify", "flag", False, "check every block read against what was written; mismatches fail the scenario"),
 )
@@ -143,33 +143,62 @@ def default_cache_root(candidates=None, mounts_file: str = MOUNTS) -> Path:
                       "directory on the drive under test.")
 
 
+TRUE_WORDS = ("1", "true", "yes", "on", "y")
+FALSE_WORDS = ("0", "false", "no", "off", "n")
+
+
+def _truth(raw: Any) -> bool | None:
+    """A yes/no answer as users write it (YAML/ini boolean, 1/0, or a word such as on, off,
+    yes, no), or None when ``raw`` is not one."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    return True if text in TRUE_WORDS else False if text in FALSE_WORDS else None
+
+
+_YAML_BOOL_HINT = " (YAML reads on, off, yes, no, true and false as booleans; quote the value)"
+
+
 def _convert(opt: Option, raw: Any, source: str) -> Any:
+    """Check and convert one raw value (text from the CLI, env or ini; any YAML scalar or list).
+
+    Accepts what a user naturally writes for the option's kind: YAML booleans (YAML 1.1 reads
+    on/off/yes/no as booleans) for a flag and for an on/off choice, numbers as numbers or
+    text, a list or one string (lines or ``;``-separated) for criteria. Raises ConfigError.
+    """
     where = f"{opt.flag} ({source})"
     if opt.kind == "list":
         if isinstance(raw, str):
             items = [line.strip() for line in raw.replace(";", "\n").splitlines()]
         elif isinstance(raw, (list, tuple)):
-            items = [str(x).strip() for x in raw]
+            if any(isinstance(x, (dict, list)) for x in raw):
+                raise ConfigError(f"{where}: each criterion is one string such as 'nvme.read.p95<=200ms'; in YAML, "
+                                  f"quote it if it contains ': ' (a YAML mapping), not {raw!r}.")
+            items = [str(x).strip() for x in raw if x is not None]
         else:
             raise ConfigError(f"{where} must be a list of criteria such as 'nvme.read.p95<=200ms'.")
         return tuple(i for i in items if i)
     if opt.kind == "flag":
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{where} must be true or false, not {raw!r}.")
+        truth = _truth(raw) if str(raw).strip() else False
+        if truth is None:
+            raise ConfigError(f"{where} must be true or false (yes/no, on/off), not {raw!r}.")
+        return truth
     if opt.kind in ("str", "path"):
-        if raw is None or raw == "":
+        if raw is None or raw == "" or (raw is False and opt.kind == "path"):  # '' or false: no path
             return None if opt.kind == "path" else opt.default
+        if isinstance(raw, (bool, list, dict)):
+            raise ConfigError(f"{where} must be a {'path' if opt.kind == 'path' else 'name'}, not {raw!r}"
+                              f"{_YAML_BOOL_HINT if isinstance(raw, bool) else ''}.")
         return str(raw)
     if opt.kind == "choice":
+        if set(opt.choices) == {"on", "off"}:
+            truth = _truth(raw)
+            if truth is not None:
+                return "on" if truth else "off"
         value = str(raw).strip().lower()
-        if value not in opt.choices:
-            raise ConfigError(f"{where} must be one of {', '.join(opt.choices)}, not {raw!r}.")
+        if isinstance(raw, bool) or value not in opt.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(opt.choices)}, not {raw!r}"
+                              f"{_YAML_BOOL_HINT if isinstance(raw, bool) else ''}.")
         return value
     if isinstance(raw, bool):
         raise ConfigError(f"{where} must be a number, not {raw!r}.")
@@ -239,7 +268,7 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
     for opt in OPTIONS:
         found = pick(opt.name)
         if found is None and yaml_values.get(opt.name) is not None:
-            found = ("--kv-config", yaml_values[opt.name])
+            found = (f"--kv-config {config_path}", yaml_values[opt.name])
         if found is None and ini.get(opt.name) not in (None, "", [], ()):
             found = ("ini " + opt.ini, ini[opt.name])
         values[opt.name] = _convert(opt, found[1], found[0]) if found else opt.default
@@ -259,9 +288,10 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
         raise ConfigError("--kv-report names the JSON report (a CSV is written beside it); give it a .json name.")
     if values["io_block_mb"] < 0.004:
         raise ConfigError("--kv-io-block-mb must be at least 0.004 (one 4 KiB block).")
-    label = {"command line": "cli", "environment": "env", "--kv-config": "yaml"}
     source = sources["threshold"]
-    return Settings(**values, models=models, threshold_source=label.get(source, "ini" if source.startswith("ini") else source))
+    label = next((short for prefix, short in (("command line", "cli"), ("environment", "env"), ("--kv-config", "yaml"),
+                                              ("ini", "ini")) if source.startswith(prefix)), source)
+    return Settings(**values, models=models, threshold_source=label)
 
 
 def validate_changes(changes: dict, source: str) -> dict:

@@ -87,3 +87,30 @@ def test_scenarios_run_with_benchmark_disabled(suite, monkeypatch):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*kvcache session report*"])
     assert json.loads((pytester.path / "kvcache-report.json").read_text())["scenarios"][0]["status"] == "passed"
+
+
+def test_compare_two_drives_with_storage_outside_the_working_dir(suite, monkeypatch, tmp_path_factory):
+    """pytest-benchmark bug #217 (its machine_info warning needs the storage under the cwd) must
+    not end a drive comparison in INTERNALERROR: CI keeps saved runs on a shared path."""
+    pytester, cache = suite
+    saved = tmp_path_factory.mktemp("shared-benchmarks")
+    assert not saved.is_relative_to(pytester.path)
+    storage = f"--benchmark-storage=file://{saved}"
+    monkeypatch.setenv("KV_TEST_LATENCY_S", "0.0005")
+    pytester.runpytest(cache, *ARGS, storage, "--benchmark-save=driveA").assert_outcomes(passed=1)
+    first = json.loads(next(saved.rglob("0001_driveA.json")).read_text())
+    assert first["machine_info"]["kvcache"]["drive"]["path"] == cache.split("=", 1)[1]
+    other = tmp_path_factory.mktemp("driveB")  # a different drive description: machine_info differs
+    monkeypatch.setenv("KV_TEST_LATENCY_S", "0.004")
+    result = pytester.runpytest_subprocess(f"--kv-cache-dir={other}", *ARGS, storage, "--benchmark-compare=0001",
+                                           "--benchmark-compare-fail=median:5%")
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "ValueError" not in out
+    assert "Comparing against benchmarks from: Linux" in out and "0001_driveA.json" in out
+    pytest.LineMatcher(out.splitlines()).fnmatch_lines([
+        "*test_tiers?storage-only?*NOW*", "*test_tiers?storage-only? (0001_driveA) - Field 'median' has failed*"])
+    assert result.ret != 0  # the regression fails the run, as pytest-benchmark does under the cwd
+    # the comparison says that the drives differ, naming both, and where the saved run lives
+    warning = next(line for line in out.splitlines() if "Benchmark machine_info is different" in line)
+    assert f"(location: {saved})" in warning
+    assert str(other) in warning and cache.split("=", 1)[1] in warning

@@ -272,3 +272,39 @@ def test_broken_entry_is_removed_once_by_its_last_reader():
     assert sorted(map(str, results)) == ["None", "cpu"]
     assert not cache.contains("p") and rec.error_count == 1
     assert cache.check_invariants() == []
+
+
+def test_a_failed_report_write_is_kept_as_a_message_not_raised(tmp_path, monkeypatch):
+    import errno
+
+    import pytest_kvcache.session as session_mod
+    from pytest_kvcache.session import KVSession
+
+    path = tmp_path / "r.json"
+    kv = KVSession(build_settings({}, {}, {}), default_registry(), path)
+    kv.results.append(object())
+    monkeypatch.setattr(session_mod, "build_report", lambda session, final: {"scenarios": []})
+
+    def disk_full(target, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(session_mod, "write_json", disk_full)
+    assert kv.write_report(final=False) is None  # a scenario's intermediate write: no exception
+    assert kv.report_error == f"cannot write {path}: No space left on device ({path})."
+    monkeypatch.setattr(session_mod, "write_json", lambda target, data: target.write_text("{}"))
+    assert kv.write_report(final=True) == path and kv.report_error is None  # the last write counts
+
+
+def test_provision_checks_host_memory_before_making_anything(tmp_path):
+    """Per scenario (a hook may have raised the budget since the session's check)."""
+    import fcntl
+
+    huge = 2 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    with pytest.raises(ConfigError, match="scenario cpu-only needs .* lower --kv-cpu-mem-gb to"):
+        provision(TIER_CONFIGS["cpu-only"], _settings(tmp_path, cpu_mem_gb=huge), default_registry())
+    assert list(tmp_path.iterdir()) == []
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the drive's lock was released
+    finally:
+        os.close(fd)

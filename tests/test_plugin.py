@@ -295,3 +295,137 @@ def test_a_cache_dir_on_memory_needs_the_option_and_then_fails_as_memory(pyteste
         assert os.listdir(shm) == []
     finally:
         os.rmdir(shm)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory this process cannot create files in, even as root (chmod, else chattr +i)."""
+    import subprocess
+
+    path = tmp_path / "locked"
+    path.mkdir()
+    path.chmod(0o555)
+    undo = ["chmod", "755", str(path)]
+    if os.access(path, os.W_OK):  # root: permissions do not stop it; the immutable attribute does
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        if done.returncode:
+            path.chmod(0o755)
+            pytest.skip(f"cannot make an unwritable directory here: {done.stderr.decode().strip()}")
+        undo = ["chattr", "-i", str(path)]
+    yield path
+    subprocess.run(undo, check=False)
+
+
+def _report_usage_error(pytester, cache_dir, report, needle):
+    result = run(pytester, cache_dir, f"--kv-report={report}", configs=["cpu-only"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    err = result.stderr.str()
+    assert needle in err and "Traceback" not in err + result.stdout.str()
+    return err
+
+
+def test_report_path_that_is_a_directory_is_a_usage_error(pytester, cache_dir):
+    (pytester.path / "reports").mkdir()
+    err = _report_usage_error(pytester, cache_dir, "reports", "is a directory")
+    assert "--kv-report" in err and "reports/kvcache-report.json" in err
+    (pytester.path / "r.csv").mkdir()  # where the CSV beside the JSON report would go
+    _report_usage_error(pytester, cache_dir, "r.json", "r.csv, is a directory")
+
+
+def test_report_path_under_a_file_is_a_usage_error(pytester, cache_dir):
+    (pytester.path / "notes").write_text("a file, not a directory")
+    err = _report_usage_error(pytester, cache_dir, "notes/deeper/r.json", "is not a directory")
+    assert str(pytester.path / "notes") in err
+
+
+def test_plots_path_that_is_a_file_is_a_usage_error(pytester, cache_dir):
+    (pytester.path / "plots.png").write_text("x")
+    result = run(pytester, cache_dir, "--kv-plots=plots.png", configs=["cpu-only"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--kv-plots" in result.stderr.str() and "is a file; give a directory" in result.stderr.str()
+
+
+def test_report_in_an_unwritable_directory_is_a_usage_error(pytester, cache_dir, unwritable_dir):
+    before = sorted(os.listdir(unwritable_dir))
+    err = _report_usage_error(pytester, cache_dir, unwritable_dir / "sub" / "r.json", "cannot create files in")
+    assert str(unwritable_dir) in err
+    assert sorted(os.listdir(unwritable_dir)) == before
+
+
+def test_report_check_leaves_nothing_behind(pytester, cache_dir):
+    result = run(pytester, cache_dir, "--kv-report=out/r.json", "--co")
+    assert result.ret == pytest.ExitCode.OK
+    assert not (pytester.path / "out").exists()  # missing directories are made when a report is written
+    assert sorted(set(os.listdir(pytester.path)) - {".benchmarks"}) == ["test_scn.py"]
+
+
+LOSE_REPORT = """
+import os, shutil, pytest
+
+def test_a_first(kv_session):
+    '''The report's place becomes unwritable after configure (before any scenario wrote it).'''
+    {how}
+
+@pytest.mark.parametrize("kv_tiers", ["cpu-only"], indirect=True)
+def test_tiers(kv_tiers, kv_run):
+    kv_run(kv_tiers)
+"""
+
+
+@pytest.mark.parametrize(("how", "needle"), [
+    ("os.mkdir(kv_session.report_path)", "is a directory"),  # a directory took the report's name
+    ("os.rmdir(kv_session.report_path.parent); kv_session.report_path.parent.write_text('x')",
+     "is not a directory"),  # a file took its directory's name
+])
+def test_report_write_failure_keeps_the_terminal_summary(pytester, cache_dir, how, needle):
+    (pytester.path / "out").mkdir()
+    pytester.makepyfile(test_scn=LOSE_REPORT.format(how=how))
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-report=out/r.json")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    result.stdout.fnmatch_lines(["*kvcache session report*", "cpu-only [[]PASSED]*",
+                                 f"JSON report NOT written: *{pytester.path / 'out'}*{needle}*"])
+    assert "JSON report: " not in out
+
+
+def more_memory_than_this_machine_has_gb() -> float:
+    """Twice RAM plus swap: never allocatable here (a check that fails must not try it)."""
+    info = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+    kb = int(info["MemTotal"].split()[0]) + int(info.get("SwapTotal", "0 kB").split()[0])
+    return round(2 * kb * 1024 / 1e9, 1)
+
+
+def test_cpu_budget_above_host_memory_is_a_usage_error_before_anything_runs(pytester, cache_dir):
+    huge = more_memory_than_this_machine_has_gb()
+    result = run(pytester, cache_dir, f"--kv-cpu-mem-gb={huge}", configs=["cpu-only", "storage-only"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "scenario cpu-only needs" in err and "lower --kv-cpu-mem-gb to" in err and "MemAvailable" in err
+    assert "storage-only" not in err and "Traceback" not in err + result.stdout.str()
+    assert list(cache_dir.iterdir()) == [] and not (pytester.path / "kvcache-report.json").exists()
+    # only the scenarios that will run count: storage-only has no CPU tier to allocate
+    run(pytester, cache_dir, f"--kv-cpu-mem-gb={huge}", "-k", "storage", configs=["cpu-only", "storage-only"]
+        ).assert_outcomes(passed=1, deselected=1)
+
+
+def test_failed_cpu_tier_allocation_is_a_scenario_error_and_the_report_is_kept(pytester, cache_dir):
+    pytester.makeconftest("""
+import errno
+import pytest
+
+@pytest.fixture(autouse=True)
+def no_memory_for_the_arena(monkeypatch):
+    def enomem(nbytes):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    monkeypatch.setattr("pytest_kvcache.backends.cpu.aligned_buffer", enomem)
+""")
+    result = run(pytester, cache_dir, configs=["storage-only", "cpu-only"])
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "Traceback" not in out and "Errno 12" not in out
+    result.stdout.fnmatch_lines(["*cpu tier: cannot allocate its 0.50 GB arena in host memory (Cannot allocate memory);"
+                                 " lower --kv-cpu-mem-gb or free memory.*",
+                                 "*kvcache session report*", "storage-only [[]PASSED]*", "*JSON report:*"])
+    assert [s["name"] for s in report(pytester)["scenarios"]] == ["storage-only"]
+    assert list(cache_dir.iterdir()) == []

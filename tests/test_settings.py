@@ -4,7 +4,7 @@ import pytest
 
 from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.models import CATALOG, load_models_yaml, resolve_model
-from pytest_kvcache.settings import OPTIONS, Settings, build_settings
+from pytest_kvcache.settings import OPTION_BY_NAME, OPTIONS, Settings, build_settings
 
 
 def test_dataclass_defaults_match_the_option_table():
@@ -125,3 +125,135 @@ def test_allow_memory_fs_from_every_source(tmp_path, source):
     assert build_settings({}, {}, {}).allow_memory_fs is False
     with pytest.raises(ConfigError, match="--kv-allow-memory-fs"):
         build_settings({}, {}, {"KVCACHE_ALLOW_MEMORY_FS": "maybe"})
+
+
+# What a user naturally writes for each option in a --kv-config YAML file, as YAML text, and the
+# setting it must give. Every option has an entry (a new option without one fails below).
+NATURAL_YAML = {
+    "model": ("llama3.1-8b", "llama3.1-8b"),
+    "cache_dir": ("/var/tmp", "/var/tmp"),
+    "gpu_mem_gb": ("2", 2.0),
+    "cpu_mem_gb": ("0.25", 0.25),
+    "nvme_capacity_gb": ("8", 8.0),
+    "nvme_backend": ("mock", "mock"),
+    "users": ("8", 8),
+    "duration": ("30", 30.0),
+    "warmup": ("0.5", 0.5),
+    "seed": ("7", 7),
+    "generation_mode": ("realistic", "realistic"),
+    "read_model": ("reference", "reference"),
+    "chunk_tokens": ("0", 0),
+    "requests_per_user": ("20", 20),
+    "think_time_scale": ("0", 0.0),
+    "max_inflight": ("16", 16),
+    "io_block_mb": ("1", 1.0),
+    "file_io_mode": ("buffered", "buffered"),
+    "file_recycle": ("off", "off"),  # YAML reads off as the boolean false
+    "profile": ("none", "none"),
+    "threshold": ("[nvme.read.p95<=200ms, cache.hit_rate>=50%]", ("nvme.read.p95<=200ms", "cache.hit_rate>=50%")),
+    "report": ("out/kv.json", "out/kv.json"),
+    "plots": ("plots", "plots"),
+    "verify": ("yes", True),  # YAML reads yes as the boolean true
+    "allow_memory_fs": ("on", True),  # YAML reads on as the boolean true
+}
+YAML_OPTIONS = [o for o in OPTIONS if o.name != "config"]  # the config file cannot name itself
+
+
+def _from_yaml(tmp_path, text: str):
+    cfg = tmp_path / "kv.yaml"
+    cfg.write_text(text)
+    return build_settings({"config": str(cfg)}, {}, {})
+
+
+@pytest.mark.parametrize("opt", YAML_OPTIONS, ids=lambda o: o.name)
+def test_every_option_accepts_its_natural_yaml_value(tmp_path, opt):
+    text, expected = NATURAL_YAML[opt.name]
+    assert expected != opt.default, "pick a value that differs from the default"
+    assert getattr(_from_yaml(tmp_path, f"{opt.name}: {text}\n"), opt.name) == expected
+
+
+@pytest.mark.parametrize("opt", YAML_OPTIONS, ids=lambda o: o.name)
+@pytest.mark.parametrize("null", ["null", "~", ""])
+def test_yaml_null_leaves_an_option_unset(tmp_path, opt, null):
+    ini = {opt.name: {"list": ["cache.hit_rate>=1%"], "flag": True}.get(opt.kind, NATURAL_YAML[opt.name][0])}
+    cfg = tmp_path / "kv.yaml"
+    cfg.write_text(f"{opt.name}: {null}\n")
+    s = build_settings({"config": str(cfg)}, ini, {})
+    assert getattr(s, opt.name) == getattr(build_settings({}, ini, {}), opt.name)  # the ini value counts
+
+
+@pytest.mark.parametrize(("text", "expected"), [("off", "off"), ("on", "on"), ("false", "off"), ("true", "on"),
+                                                ("no", "off"), ("yes", "on"), ("'off'", "off"), ("OFF", "off")])
+def test_file_recycle_from_yaml(tmp_path, text, expected):
+    assert _from_yaml(tmp_path, f"file_recycle: {text}\n").file_recycle == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("yes", True), ("on", True), ("true", True), ("1", True),
+                                                ("no", False), ("off", False), ("false", False), ("0", False)])
+def test_verify_from_yaml(tmp_path, text, expected):
+    assert _from_yaml(tmp_path, f"verify: {text}\n").verify is expected
+
+
+def test_yaml_thresholds_as_one_string_or_a_block_list(tmp_path):
+    assert _from_yaml(tmp_path, "threshold: nvme.read.p95<=200ms\n").threshold == ("nvme.read.p95<=200ms",)
+    s = _from_yaml(tmp_path, "thresholds:\n  - nvme.read.p95<=200ms\n  - cache.hit_rate>=50%\n")
+    assert s.threshold == ("nvme.read.p95<=200ms", "cache.hit_rate>=50%") and s.threshold_source == "yaml"
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("users: yes", "--kv-users (--kv-config "),
+    ("generation_mode: off", "YAML reads"),
+    ("verify: maybe", "true or false"),
+    ("file_recycle: sometimes", "on, off"),
+    ("threshold:\n  - nvme.read.p95: <=200ms", "quote it"),
+])
+def test_bad_yaml_values_name_the_option_and_the_file(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as err:
+        _from_yaml(tmp_path, text + "\n")
+    assert needle in str(err.value) and "kv.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("off", "off"), ("false", "off"), ("no", "off"), ("on", "on")])
+def test_on_off_choice_from_the_command_line_and_environment(value, expected):
+    assert build_settings({"file_recycle": value}, {}, {}).file_recycle == expected
+    assert build_settings({}, {}, {"KVCACHE_FILE_RECYCLE": value}).file_recycle == expected
+
+
+def test_yaml_false_for_an_output_path_means_none(tmp_path):
+    assert _from_yaml(tmp_path, "report: false\nplots: false\n").report is None
+    with pytest.raises(ConfigError, match="must be a path, not True"):
+        _from_yaml(tmp_path, "report: yes\n")
+
+
+# What a user naturally writes for each option in an ini file (text; the ini type of flags is bool).
+NATURAL_INI = {**{name: text for name, (text, _) in NATURAL_YAML.items()},
+               "threshold": "\n    nvme.read.p95<=200ms\n    cache.hit_rate>=50%"}
+
+
+def test_every_option_accepts_its_natural_ini_value(pytester):
+    """Through pytest's own ini parsing (linelist and bool types), as a user's pytest.ini is read."""
+    from pytest_kvcache.fixtures import SESSION_KEY
+
+    names = [o.name for o in YAML_OPTIONS if o.name != "cache_dir"]  # the cache dir must exist: below
+    lines = [f"{OPTION_BY_NAME[n].ini} = {NATURAL_INI[n]}" for n in names]
+    pytester.makeini("[pytest]\n" + "\n".join(lines) + f"\nkv_cache_dir = {pytester.path}\n")
+    settings = pytester.parseconfigure("-p", "no:cacheprovider").stash[SESSION_KEY].settings
+    for name in names:
+        assert getattr(settings, name) == NATURAL_YAML[name][1], name
+    assert settings.cache_dir == str(pytester.path) and settings.threshold_source == "ini"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("off", "off"), ("false", "off"), ("no", "off"), ("on", "on")])
+def test_file_recycle_from_ini(pytester, text, expected):
+    from pytest_kvcache.fixtures import SESSION_KEY
+
+    pytester.makeini(f"[pytest]\nkv_file_recycle = {text}\nkv_cache_dir = {pytester.path}\n")
+    assert pytester.parseconfigure().stash[SESSION_KEY].settings.file_recycle == expected
+
+
+def test_a_bad_ini_flag_names_its_key(pytester):
+    pytester.makeini(f"[pytest]\nkv_verify = maybe\nkv_cache_dir = {pytester.path}\n")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--kv-verify (ini kv_verify) must be true or false" in result.stderr.str()

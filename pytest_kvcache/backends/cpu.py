@@ -7,6 +7,7 @@ into arena pages, reads copy arena pages into the thread's staging buffer (the c
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 
@@ -24,7 +25,14 @@ class CPUBackend(Backend):
         super().__init__(spec, ctx)
         self.page = min(int(spec.options.get("page_bytes", PAGE_BYTES)), ctx.staging.block)
         self.npages = spec.capacity_bytes // self.page
-        self.arena = aligned_buffer(max(1, self.npages) * self.page)  # pre-faulted here, untimed
+        try:
+            self.arena = aligned_buffer(max(1, self.npages) * self.page)  # pre-faulted here, untimed
+        except (MemoryError, OSError) as exc:  # ENOMEM: more than the process can have
+            if isinstance(exc, OSError) and exc.errno != errno.ENOMEM:
+                raise
+            raise BackendError(f"cpu tier: cannot allocate its {spec.capacity_bytes / 1e9:.2f} GB arena in host memory "
+                               f"({exc.strerror if isinstance(exc, OSError) else 'MemoryError'}); lower "
+                               f"--kv-cpu-mem-gb or free memory.") from None
         self._free = list(range(self.npages - 1, -1, -1))
         self._pages: dict[str, tuple[list[int], int]] = {}
         self._lock = threading.Lock()
