@@ -14,12 +14,14 @@ import time
 import zlib
 from array import array
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from .backends.base import IOResult
 
 OPS = ("read", "write", "demote_read", "demote_write", "evict", "delete")
+DATA_OPS = ("read", "write", "demote_read", "demote_write")  # the ops that move bytes; evict and delete move none
 PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 SAMPLE_CAP = 100_000
 
@@ -87,6 +89,14 @@ class OpTotals:
     latency: Series = field(default_factory=Series)
 
 
+class Progress(NamedTuple):
+    """The window so far, for a live display: I/Os of every op, bytes of data ops, seconds."""
+
+    ops: int
+    data_bytes: int
+    window_s: float
+
+
 class Recorder:
     """Thread-safe sink for I/O, request and cache-lookup events of one scenario run."""
 
@@ -125,6 +135,17 @@ class Recorder:
             return 0.0
         end = self.window_end_ns if self.window_end_ns is not None else time.perf_counter_ns()
         return (end - self.window_start_ns) / 1e9
+
+    def progress(self) -> Progress:
+        """I/Os (every op), bytes moved (``DATA_OPS`` only) and seconds of the window so far.
+
+        Read under the recorder's lock, so it is safe to call while user threads record
+        (iterating ``window`` without it can raise "dictionary changed size during iteration").
+        """
+        with self._lock:
+            ops = sum(w.count for w in self.window.values())
+            data_bytes = sum(w.bytes for (_, op), w in self.window.items() if op in DATA_OPS)
+            return Progress(ops, data_bytes, self.window_s)
 
     # -- events ---------------------------------------------------------------
     def io(self, tier: str, op: str, res: IOResult, tokens: int) -> None:

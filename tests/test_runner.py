@@ -1,5 +1,7 @@
 """Runner: closed-loop users replaying a trace against mock tiers."""
 
+import pytest
+
 from pytest_kvcache.backends.base import BackendContext, TierSpec
 from pytest_kvcache.backends.mock import MockBackend
 from pytest_kvcache.cache import MultiTierCache
@@ -20,14 +22,14 @@ def params(seed=7, users=3, requests_per_user=5):
                           think_time_scale=0)
 
 
-def run(p=None, caps=(BIG, BIG), backend=MockBackend, options=None, **config):
+def run(p=None, caps=(BIG, BIG), backend=MockBackend, options=None, on_tick=None, **config):
     trace = generate_trace(p or params())
     names = ("gpu", "cpu", "nvme")
     backends = [backend(TierSpec(n, "mock", c, dict(options or {})), CTX) for n, c in zip(names, caps, strict=False)]
     rec = Recorder()
     cache = MultiTierCache(backends, rec, BPT)
     cfg = {"duration_s": DURATION, "warmup_s": 0.0, "generation_mode": "none", **config}
-    runner = Runner(cache, trace, rec, RunConfig(**cfg))
+    runner = Runner(cache, trace, rec, RunConfig(**cfg), on_tick=on_tick)
     info = runner.run()
     return info, rec, cache, trace
 
@@ -190,3 +192,52 @@ def test_a_trace_that_ends_during_the_warm_up_leaves_an_empty_window():
     assert info.finished_ns - info.started_ns < DURATION * 1e9
     assert rec.window == {} and rec.lookups == {} and rec.requests == {}
     assert rec.window_s >= 0
+
+
+class _Terminal:
+    isatty = True
+
+    def __init__(self, fail=False):
+        self.lines, self.fail = [], fail
+
+    def write(self, text, flush=False):
+        if self.fail:
+            raise OSError("terminal gone")
+        self.lines.append(text)
+
+
+class _PluginManager:
+    def __init__(self, tr):
+        self.tr = tr
+
+    def get_plugin(self, name):
+        return self.tr if name == "terminalreporter" else None
+
+
+class _Config:
+    def __init__(self, tr):
+        self.pluginmanager = _PluginManager(tr)
+
+    def get_verbosity(self):
+        return 0
+
+
+def test_progress_line_shows_data_bytes_and_a_failing_display_never_ends_the_run():
+    from pytest_kvcache.fixtures import ProgressLine
+
+    p = WorkloadParams(seed=1, users=2, requests_per_user=50, think_time_scale=0.05)
+    shown = _Terminal()
+    line = ProgressLine(_Config(shown), "cpu-only", duration=0.6, warmup=0.0)
+    info, rec, cache, _ = run(p, duration_s=0.6, on_tick=line)
+    assert info.errors == [] and not info.aborted
+    assert shown.lines and shown.lines[-1].startswith("\r[kvcache] cpu-only")
+    assert " GB/s | " in shown.lines[-1]
+
+    broken = _Terminal(fail=True)
+    line = ProgressLine(_Config(broken), "cpu-only", duration=0.6, warmup=0.0)
+    with pytest.warns(UserWarning, match="progress line stopped: OSError: terminal gone"):
+        info, rec, cache, _ = run(p, duration_s=0.6, on_tick=line)
+    assert info.errors == [] and not info.aborted and rec.error_count == 0
+    assert line.failed
+    line.clear()  # nothing to clear, and no second failure
+    assert cache.check_invariants() == []
