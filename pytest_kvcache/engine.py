@@ -221,7 +221,7 @@ class _Run:
             trace={"sha256": self.trace.sha256(), "requests": len(self.trace), "users": len(self.trace.per_user),
                    "requests_started": info.requests_started, "requests_finished": info.requests_finished,
                    "exhausted": info.trace_exhausted},
-            run={"aborted": info.aborted, "entries_dropped": cache.dropped,
+            run={"aborted": info.aborted, "entries_dropped": cache.dropped, "drain_s": info.drain_s,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
                  "staging_bytes": prov.ctx.staging.allocated_bytes,
                  "measurement": "bytes counted when an I/O completes; only I/O completing inside the window counts; "
