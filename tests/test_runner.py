@@ -227,7 +227,7 @@ class _Config:
         return 0
 
 
-def test_progress_line_shows_data_bytes_and_a_failing_display_never_ends_the_run():
+def test_progress_line_draws_and_a_failing_display_never_ends_the_run():
     from pytest_kvcache.fixtures import ProgressLine
 
     p = WorkloadParams(seed=1, users=2, requests_per_user=50, think_time_scale=0.05)
