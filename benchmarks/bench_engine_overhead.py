@@ -30,6 +30,7 @@ from pytest_kvcache.backends.mock import MockBackend
 from pytest_kvcache.cache import MultiTierCache
 from pytest_kvcache.engine import provision
 from pytest_kvcache.models import ModelSpec, resolve_model
+from pytest_kvcache.ops import DATA_OPS
 from pytest_kvcache.payload import NoiseSource, StagingBuffers
 from pytest_kvcache.recorder import Recorder
 from pytest_kvcache.runner import RunConfig, Runner
@@ -41,7 +42,7 @@ NAME = "bench_engine_overhead"
 MICRO = ModelSpec("bench-micro", layers=1, kv_heads=1, head_dim=4)  # 16 B per token
 OVERHEAD_US = 20.0
 CPU_PER_GIB = 0.3
-DATA_OPS = ("read", "write", "demote_read", "demote_write")
+
 
 
 def mock_tiers(ctx: BackendContext, tiers: int, chunk_bytes: int, latency_s: float = 0.0) -> list[MockBackend]:

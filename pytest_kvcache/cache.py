@@ -5,6 +5,10 @@ When a tier would pass its mark, its least-recently-used entries are demoted one
 (recursively, making room below first); the last tier evicts. Space is reserved under the lock
 before any I/O starts, so concurrent writers can never over-subscribe a tier. Every byte moved
 (reads, writes, both halves of a demotion, evictions) goes through ``Recorder.io``.
+
+At the end of a run (``end_promptly``) the cache starts no new work: a put that has not begun
+its write gives up, a reservation stops waiting for room, and a demotion not yet written below
+is undone. A backend call already under way finishes, so every entry ends ready or gone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ HIGH_WATER = 0.8
 _WAIT_S = 0.05
 _GIVE_UP_S = 10.0  # a reservation that finds every entry busy for this long gives up
 _RETRY = object()
+_ENDING = object()  # a reservation given up because the run is ending
 
 
 class Entry:
@@ -61,8 +66,17 @@ class MultiTierCache:
         self.dropped = 0  # entries not stored: too big for every tier, or no room anywhere
         self.dropped_too_big = 0  # of those, larger than every tier's high-water mark
         self.dropped_largest = 0  # bytes of the largest entry dropped
+        self._ending = False  # set by end_promptly: start no new I/O
 
     # -- public API -------------------------------------------------------------------
+    def end_promptly(self) -> None:
+        """The run is ending: from now on ``put`` stores nothing new, a reservation waiting for
+        room gives up at once, and a demotion not yet written below is undone (its entry stays
+        where it was). Backend calls under way finish. Nothing given up counts as dropped."""
+        with self._cond:
+            self._ending = True
+            self._cond.notify_all()  # wake reservations and waits now, not at their next poll
+
     def read(self, key: str, kind: str) -> str | None:
         """Load ``key`` into the compute device. Returns the tier it came from, None on a miss.
 
@@ -106,7 +120,8 @@ class MultiTierCache:
         return tier.name
 
     def put(self, key: str, tokens: int) -> str | None:
-        """Store ``tokens`` of KV as ``key`` (replacing an older version). Returns the tier.
+        """Store ``tokens`` of KV as ``key`` (replacing an older version). Returns the tier, or
+        None when it was not stored (dropped: no room; or the run is ending, see ``end_promptly``).
 
         A tier that reports itself full (GPU out of memory, say) is skipped for the next one;
         when the last one is full too, ``BackendFull`` propagates and ends the run.
@@ -118,6 +133,8 @@ class MultiTierCache:
                 while old is not None and old.pins:  # a reader is still loading the old version
                     self._cond.wait(_WAIT_S)
                     old = self._wait_settled(key)
+                if self._ending:
+                    return None
                 if old is not None:
                     old.state = MOVING  # nobody else may touch it while it is replaced
             if old is not None:
@@ -138,6 +155,8 @@ class MultiTierCache:
             reserved = self._reserve(idx, fp, entry)
             if reserved is _RETRY:  # another thread stored this key meanwhile: replace it
                 return _RETRY
+            if reserved is _ENDING:
+                return None
             if not reserved:
                 continue
             try:
@@ -183,12 +202,15 @@ class MultiTierCache:
         """Claim ``nbytes`` in tier ``idx``, demoting or evicting its LRU entries as needed.
 
         With ``entry`` (a new one), index it in the same critical section as the claim, or
-        return ``_RETRY`` without claiming if its key was stored meanwhile.
+        return ``_RETRY`` without claiming if its key was stored meanwhile. Returns ``_ENDING``
+        without claiming once the run is ending.
         """
         tier = self.tiers[idx]
         deadline = time.monotonic() + _GIVE_UP_S
         while True:
             with self._cond:
+                if self._ending:
+                    return _ENDING
                 if entry is not None and entry.key in self._index:
                     return _RETRY
                 if tier.used + nbytes <= tier.high_water:
@@ -221,11 +243,17 @@ class MultiTierCache:
         reserved = False
         try:
             reserved = fp <= dst.high_water and self._reserve(dst_idx, fp)
+            if reserved is _ENDING:
+                self._keep(entry)
+                return
             if not reserved:
                 self._remove(entry, "evict")  # nowhere to put it: it leaves the cache
                 return
             res_r = src.backend.read(entry.key, entry.nbytes)
             self.recorder.io(src.name, "demote_read", res_r, entry.tokens)
+            if self._ending:  # the copy below is not written yet: keep the entry where it is
+                self._keep(entry, dst, fp)
+                return
             res_w = dst.backend.write(entry.key, entry.nbytes)
         except BaseException as exc:  # never leave the entry 'moving': others wait for it
             if reserved:
@@ -249,6 +277,15 @@ class MultiTierCache:
             dst.entries[entry.key] = entry
             self._cond.notify_all()
         self.recorder.count(f"demotions.{src.name}")
+
+    def _keep(self, entry: Entry, dst: Tier | None = None, fp: int = 0) -> None:
+        """Undo a demotion that has written nothing below: free ``fp`` reserved in ``dst``, and
+        the entry is ready again where it is."""
+        with self._cond:
+            if dst is not None:
+                dst.used -= fp
+            entry.state = READY
+            self._cond.notify_all()
 
     def _remove(self, entry: Entry, op: str) -> None:
         """Delete ``entry`` from its tier (an eviction, or the old version of a rewrite)."""

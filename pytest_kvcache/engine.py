@@ -262,7 +262,7 @@ class _Run:
             backends=backends, occupancy=occupancy,
             device_counters=device_counters,
             trace=self._trace_identity(),
-            run={"aborted": info.aborted, "entries_dropped": cache.dropped,
+            run={"aborted": info.aborted, "entries_dropped": cache.dropped, "drain_s": info.drain_s,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
                  "staging_bytes": prov.ctx.staging.allocated_bytes,
                  "measurement": "bytes counted as each transfer of an I/O completes inside the window (transfers in "

@@ -110,15 +110,21 @@ class ProgressLine:
         self.capman = config.pluginmanager.get_plugin("capturemanager")
         self.name, self.total = name, warmup + duration
         self.shown = False
+        self.failed = False
 
     def __call__(self, runner, elapsed_s: float) -> None:
-        if self.tr is None:
+        """Redraw the line. A display that fails stops drawing with a warning; it never ends the run."""
+        if self.tr is None or self.failed:
             return
-        ops, moved, window_s = runner.recorder.progress()
-        gbps = moved / window_s / 1e9 if window_s else 0.0
-        self._write(f"\r[kvcache] {self.name} {elapsed_s:5.1f}/{self.total:g} s | {ops:,} ops | "
-                    f"{gbps:.2f} GB/s | {runner.active_users()} users ")
-        self.shown = True
+        try:
+            ops, nbytes, window_s = runner.recorder.progress()  # under the recorder's lock
+            gbps = f"{nbytes / window_s / 1e9:.2f} GB/s" if window_s > 0 else "n/a GB/s"
+            self._write(f"\r[kvcache] {self.name} {elapsed_s:5.1f}/{self.total:g} s | {ops:,} ops | "
+                        f"{gbps} | {runner.active_users()} users ")
+            self.shown = True
+        except Exception as exc:  # the line is a display: the measurement goes on without it
+            self.failed = True
+            warnings.warn(f"kvcache: progress line stopped: {type(exc).__name__}: {exc}", stacklevel=1)
 
     def _write(self, text: str) -> None:
         """To the real terminal, past pytest's capture, never into the test's captured output."""
@@ -129,7 +135,7 @@ class ProgressLine:
             self.tr.write(text, flush=True)
 
     def clear(self) -> None:
-        if self.shown:
+        if self.shown and not self.failed:
             self._write("\r" + " " * 100 + "\r")
 
 

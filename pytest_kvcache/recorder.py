@@ -18,6 +18,7 @@ import time
 import zlib
 from array import array
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -94,6 +95,14 @@ class OpTotals:
     latency: Series = field(default_factory=Series)
 
 
+class Progress(NamedTuple):
+    """The window so far, for a live display: I/Os of every op, bytes of data ops, seconds."""
+
+    ops: int
+    data_bytes: int
+    window_s: float
+
+
 class Recorder:
     """Thread-safe sink for I/O, request and cache-lookup events of one scenario run."""
 
@@ -132,6 +141,17 @@ class Recorder:
             return 0.0
         end = self.window_end_ns if self.window_end_ns is not None else time.perf_counter_ns()
         return (end - self.window_start_ns) / 1e9
+
+    def progress(self) -> Progress:
+        """I/Os (every op), bytes moved (``DATA_OPS`` only) and seconds of the window so far.
+
+        Read under the recorder's lock, so it is safe to call while user threads record
+        (iterating ``window`` without it can raise "dictionary changed size during iteration").
+        """
+        with self._lock:
+            ops = sum(w.count for w in self.window.values())
+            data_bytes = sum(w.bytes for (_, op), w in self.window.items() if op in DATA_OPS)
+            return Progress(ops, data_bytes, self.window_s)
 
     # -- events ---------------------------------------------------------------
     def io(self, tier: str, op: str, res: IOResult, tokens: int) -> None:
@@ -172,13 +192,6 @@ class Recorder:
                         line.append(0)
                     line[step] += n
             w.edge_bytes += edge
-
-    def progress(self) -> tuple[int, int, float]:
-        """(I/Os completed, data-op bytes moved, seconds) of the window so far, read under the lock."""
-        with self._lock:
-            ops = sum(w.count for w in self.window.values())
-            moved = sum(w.bytes for w in self.window.values())
-        return ops, moved, self.window_s
 
     def lookup(self, kind: str, hit: bool, t_ns: int) -> None:
         with self._lock:

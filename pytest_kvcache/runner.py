@@ -4,8 +4,10 @@ Each user is a thread that walks its own request list in order: think, send, and
 the answer before the next turn. A request does the I/O of a serving engine with KV offload
 (design section 3): load the conversation's history, store the new context (prefill), pace
 decode at the generation mode's time per token, store the generated tokens. The runner opens
-the recorder's window after the warm-up, closes it after the duration, then drains: requests
-in flight finish, but their I/O no longer counts.
+the recorder's window after the warm-up, closes it after the duration, then ends promptly
+(design section 3, "End of a run"): a request in flight finishes the one backend call it is in,
+so no transfer is cut and no cache entry is left being written or moved, and skips the rest of
+its loads, stores and pacing; the cache gives up reservations that have not started writing.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from .recorder import Recorder
 from .workload import ConversationLayout, Request, Trace
 
 SECONDS_PER_TOKEN = {"none": 0.0, "fast": 0.002, "realistic": 0.030}
-REFERENCE_REREAD_TOKENS = 32
-_DRAIN_TIMEOUT_S = 300.0  # MLPerf reference: re-read the whole entry every 32 decoded tokens
+REFERENCE_REREAD_TOKENS = 32  # MLPerf reference: re-read the whole entry every 32 decoded tokens
+_DRAIN_TIMEOUT_S = 300.0  # a backend call still running this long after the window is reported stuck
 
 
 @dataclass
@@ -39,11 +41,12 @@ class RunInfo:
     started_ns: int = 0
     finished_ns: int = 0
     requests_started: int = 0
-    requests_finished: int = 0
+    requests_finished: int = 0  # ran to the end; started - finished were cut short when the run ended
     users_exhausted: int = 0
     peak_live_tokens: int = 0  # most KV tokens the users' open conversations held at once
     trace_exhausted: bool = False
     aborted: bool = False
+    drain_s: float | None = None  # window close -> last user thread ended, seconds (None if aborted)
     errors: list[str] = field(default_factory=list)
 
 
@@ -56,7 +59,7 @@ class Runner:
         self.per_token_s = SECONDS_PER_TOKEN[config.generation_mode]
         self.info = RunInfo()
         self._stop = threading.Event()  # no new requests
-        self._abort = threading.Event()  # stop now: skip pacing and remaining I/O
+        self._ending = threading.Event()  # the run is ending: finish the backend call under way, skip the rest
         self._admit = threading.Semaphore(config.max_inflight) if config.max_inflight else None
         self._lock = threading.Lock()
         self._active_users = 0
@@ -65,41 +68,47 @@ class Runner:
         self._ended_ns: int | None = None
 
     # -- one request ------------------------------------------------------------------
-    def _load(self, layout: ConversationLayout, kind: str) -> None:
+    def _load(self, layout: ConversationLayout, kind: str) -> bool:
+        """Read every entry of the conversation; False if the run's end cut it short."""
         for entry in layout.entries():
-            if self._abort.is_set():
-                return
+            if self._ending.is_set():
+                return False
             if self.cache.read(entry.key, kind) is None:
                 self.cache.put(entry.key, entry.tokens)  # evicted: recompute and store again
+        return True
 
     def _grow(self, delta: int) -> None:
         with self._lock:
             self._live_tokens += delta
             self.info.peak_live_tokens = max(self.info.peak_live_tokens, self._live_tokens)
 
-    def _store(self, layout: ConversationLayout, tokens: int) -> int:
-        written = 0
+    def _store(self, layout: ConversationLayout, tokens: int) -> bool:
+        """Write the entries that hold ``tokens`` more; False if the run's end cut it short."""
         self._grow(tokens)
         for entry in layout.append(tokens):
-            if self._abort.is_set():
-                break
+            if self._ending.is_set():
+                return False
             self.cache.put(entry.key, entry.tokens)
-            written += entry.tokens
-        return written
+        return True
 
-    def _serve(self, req: Request, layout: ConversationLayout, submit_ns: int) -> None:
+    def _serve(self, req: Request, layout: ConversationLayout, submit_ns: int) -> bool:
+        """One request; False (and nothing recorded) when the run's end cut it short."""
         admit = self._admit or nullcontext()
         with admit:
             start_ns = time.perf_counter_ns()
-            self._load(layout, "multi_turn")  # step 2: the conversation so far
-            self._store(layout, req.context_tokens)  # step 3: prefill of the new context
+            done = self._load(layout, "multi_turn")  # step 2: the conversation so far
+            done = done and self._store(layout, req.context_tokens)  # step 3: prefill of the new context
             storage_ns = time.perf_counter_ns() - start_ns
             ttft_ns = time.perf_counter_ns() - submit_ns + int(self.per_token_s * 1e9)
-            gen_ns, reread_ns = self._decode(req, layout)  # step 4
-            storage_ns += reread_ns
-            t = time.perf_counter_ns()
-            self._store(layout, req.generate_tokens)  # step 5: keep the answer for the next turn
-            storage_ns += time.perf_counter_ns() - t
+            if done:
+                gen_ns, reread_ns, done = self._decode(req, layout)  # step 4
+                storage_ns += reread_ns
+            if done:
+                t = time.perf_counter_ns()
+                done = self._store(layout, req.generate_tokens)  # step 5: keep the answer for the next turn
+                storage_ns += time.perf_counter_ns() - t
+        if not done:
+            return False
         end_ns = time.perf_counter_ns()
         self.recorder.request(
             end_ns,
@@ -107,24 +116,26 @@ class Runner:
              "generation_time": gen_ns, "ttft": ttft_ns},
             {"requests": 1, "generated_tokens": req.generate_tokens, "context_tokens": req.context_tokens},
         )
+        return True
 
-    def _decode(self, req: Request, layout: ConversationLayout) -> tuple[int, int]:
-        """Pace generation; returns (generation ns, ns spent re-reading KV in the reference model)."""
+    def _decode(self, req: Request, layout: ConversationLayout) -> tuple[int, int, bool]:
+        """Pace generation. Returns (generation ns, ns spent re-reading KV in the reference
+        model, False if the run's end cut the pacing or the re-reads short)."""
         t0 = time.perf_counter_ns()
         reread = 0
+        done = True
         if self.config.read_model == "reference":
             left = req.generate_tokens
-            while left > 0 and not self._stop.is_set():
+            while left > 0 and done:
                 step = min(REFERENCE_REREAD_TOKENS, left)
-                self._stop.wait(step * self.per_token_s)
+                done = not self._ending.wait(step * self.per_token_s)
                 t = time.perf_counter_ns()
-                self._load(layout, "decode")
+                done = done and self._load(layout, "decode")
                 reread += time.perf_counter_ns() - t
                 left -= step
         elif self.per_token_s:
-            # after the window closes the pacing no longer matters: drain without waiting
-            self._stop.wait(req.generate_tokens * self.per_token_s)
-        return time.perf_counter_ns() - t0 - reread, reread
+            done = not self._ending.wait(req.generate_tokens * self.per_token_s)
+        return time.perf_counter_ns() - t0 - reread, reread, done
 
     # -- users ------------------------------------------------------------------------
     def _user(self, requests: list[Request]) -> None:
@@ -140,7 +151,8 @@ class Runner:
                 submit_ns = time.perf_counter_ns()
                 with self._lock:
                     self.info.requests_started += 1
-                self._serve(req, layout, submit_ns)
+                if not self._serve(req, layout, submit_ns):
+                    return  # the run is ending
                 with self._lock:
                     self.info.requests_finished += 1
             with self._lock:
@@ -158,6 +170,12 @@ class Runner:
                 last = self._active_users == 0
             if last:
                 self._end_now()
+
+    def _end_promptly(self) -> None:
+        """No new requests; those in flight finish their backend call and skip the rest."""
+        self._stop.set()
+        self._ending.set()
+        self.cache.end_promptly()
 
     def _end_now(self) -> None:
         with self._lock:
@@ -205,21 +223,24 @@ class Runner:
             for hook in self.window_hooks:
                 hook.stop()
             self.info.trace_exhausted = self.active_users() == 0 and not self.info.errors
-            self._stop.set()
-            for th in threads:
-                th.join(timeout=_DRAIN_TIMEOUT_S)
-            if any(th.is_alive() for th in threads):  # stuck in the drain: stop waiting for it
-                self.info.errors.append(f"users still busy {_DRAIN_TIMEOUT_S:g} s after the window closed")
-                self._abort.set()
-                for th in threads:
-                    th.join(timeout=30)
+            self._end_promptly()
+            closed_ns = self.recorder.window_end_ns
+            if not _join(threads, _DRAIN_TIMEOUT_S):  # a backend call that does not return
+                self.info.errors.append(f"users still in a backend call {_DRAIN_TIMEOUT_S:g} s after the window closed")
+            self.info.drain_s = round((time.perf_counter_ns() - closed_ns) / 1e9, 3)
         except BaseException:
             self.info.aborted = True
-            self._abort.set()
-            self._stop.set()
-            for th in threads:
-                th.join(timeout=30)
+            self._end_promptly()
+            _join(threads, 30)
             raise
         finally:
             self.info.finished_ns = time.perf_counter_ns()
         return self.info
+
+
+def _join(threads: list[threading.Thread], timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` in all for ``threads`` to end; True if they all did."""
+    deadline = time.monotonic() + timeout_s
+    for th in threads:
+        th.join(timeout=max(0.0, deadline - time.monotonic()))
+    return not any(th.is_alive() for th in threads)

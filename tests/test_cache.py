@@ -338,3 +338,96 @@ def test_rewrite_waits_for_a_reader_of_the_old_version(ctx):
     assert cache.tiers[0].entries["a"].tokens == 20
     assert cache.check_invariants() == []
     assert cache.read("a", "multi_turn") == "cpu"
+
+
+# -- the end of a run --------------------------------------------------------------------
+
+def test_after_end_promptly_a_put_stores_nothing_and_is_not_a_drop(ctx):
+    cache, rec = make_cache(ctx, 1000, 1000)
+    cache.put("a", 10)
+    cache.end_promptly()
+    assert cache.put("b", 10) is None
+    assert cache.put("a", 20) is None  # not even the old version's delete starts
+    assert where(cache, "a") == ["gpu"] and cache.tiers[0].entries["a"].tokens == 10
+    assert not cache.contains("b")
+    assert cache.dropped == 0 and "entries_dropped" not in rec.run_counters
+    assert total(rec, "gpu", "write") == 1 and total(rec, "gpu", "delete") == 0
+    assert cache.read("a", "multi_turn") == "gpu"  # reads still work: each is one backend call
+    assert cache.check_invariants() == []
+
+
+def test_a_reservation_waiting_for_room_gives_up_at_once_when_the_run_ends(ctx):
+    """Every entry of the only tier is pinned by a slow read: a put waits for room. Ending the
+    run wakes it; it stores nothing, counts no drop, and the cache stays consistent."""
+
+    class SlowReads(MockBackend):
+        def __init__(self, spec, ctx):
+            super().__init__(spec, ctx)
+            self.reading = threading.Event()
+            self.go = threading.Event()
+
+        def read(self, key, nbytes):
+            self.reading.set()
+            self.go.wait(10)
+            return super().read(key, nbytes)
+
+    rec = Recorder()
+    rec.open_window(0)
+    media = SlowReads(TierSpec("nvme", "mock", 1000), ctx)
+    cache = MultiTierCache([media], rec, BPT)
+    cache.put("a", 80)  # fills the tier to its high-water mark
+    results = {}
+    reader = threading.Thread(target=lambda: results.setdefault("read", cache.read("a", "multi_turn")))
+    reader.start()
+    assert media.reading.wait(5)
+    writer = threading.Thread(target=lambda: results.setdefault("put", cache.put("b", 10)))
+    writer.start()
+    writer.join(0.2)
+    assert writer.is_alive()  # waiting for room: the only entry is pinned
+    cache.end_promptly()
+    writer.join(2.0)  # well under the 10 s a reservation otherwise waits before it gives up
+    assert not writer.is_alive()
+    media.go.set()
+    reader.join(5)
+    assert results == {"put": None, "read": "nvme"}  # the read under way finished
+    assert cache.dropped == 0 and not cache.contains("b")
+    assert total(rec, "nvme", "evict") == 0
+    assert cache.check_invariants() == []
+
+
+def test_a_demotion_whose_read_is_under_way_is_undone_when_the_run_ends(ctx):
+    """The demotion's read finishes (never cut), its write below never starts: the entry stays
+    ready in the upper tier, the room reserved below is given back, the new entry is not stored."""
+
+    class SlowReads(MockBackend):
+        def __init__(self, spec, ctx):
+            super().__init__(spec, ctx)
+            self.reading = threading.Event()
+            self.go = threading.Event()
+
+        def read(self, key, nbytes):
+            self.reading.set()
+            self.go.wait(10)
+            return super().read(key, nbytes)
+
+    rec = Recorder()
+    rec.open_window(0)
+    upper = SlowReads(TierSpec("cpu", "mock", 1000), ctx)
+    lower = MockBackend(TierSpec("nvme", "mock", 10_000), ctx)
+    cache = MultiTierCache([upper, lower], rec, BPT)
+    cache.put("a", 80)  # the upper tier is at its mark: the next put demotes "a"
+    results = {}
+    writer = threading.Thread(target=lambda: results.setdefault("put", cache.put("b", 10)))
+    writer.start()
+    assert upper.reading.wait(5)  # the demotion is reading "a" out of the upper tier
+    cache.end_promptly()
+    upper.go.set()
+    writer.join(5)
+    assert results == {"put": None}
+    assert where(cache, "a") == ["cpu"] and not cache.contains("b")
+    assert cache.tiers[1].used == 0 and cache.tiers[1].entries == {}
+    assert total(rec, "cpu", "demote_read") == 1  # the read that was under way counts as I/O
+    assert total(rec, "nvme", "demote_write") == 0 and total(rec, "cpu", "write") == 1
+    assert cache.dropped == 0
+    assert cache.check_invariants() == []
+    assert cache.read("a", "multi_turn") == "cpu"  # ready again, not stuck 'moving'

@@ -218,3 +218,50 @@ def test_deletes_and_evictions_move_no_bytes_anywhere():
     assert sum(rec.timeline["nvme"]) == 1_000
     assert rec.progress()[:2] == (3, 1_000)
     assert rec.total[("nvme", "evict")] == [1, 0]
+
+
+def test_progress_counts_every_op_but_only_the_bytes_of_data_ops():
+    rec = Recorder()
+    rec.open_window(0)
+    for op, nbytes in (("read", 1), ("write", 10), ("demote_read", 100), ("demote_write", 1000),
+                       ("delete", 10_000), ("evict", 100_000)):
+        io(rec, 10, nbytes=nbytes, tier="cpu", op=op)
+    io(rec, 20, nbytes=5, tier="nvme", op="write")
+    rec.close_window(1_000_000_000)
+    io(rec, 2_000_000_000, nbytes=7)  # after the window: not shown
+    p = rec.progress()
+    assert (p.ops, p.data_bytes) == (7, 1116)
+    assert p.window_s == pytest.approx(1.0)
+
+
+def test_progress_is_safe_while_threads_add_new_tier_op_keys():
+    """The live line reads the window while users record: new keys must not break the read."""
+    import sys
+    import threading
+
+    rec = Recorder()
+    rec.open_window(0)
+    rec.close_window(10**9)
+    keys = 3_000
+
+    def record():
+        for n in range(keys):
+            io(rec, 10, nbytes=2, tier=f"t{n}", op="write")  # a new (tier, op) key every time
+
+    failures = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so a read overlaps many insertions
+    try:
+        writer = threading.Thread(target=record)
+        writer.start()
+        while writer.is_alive():
+            try:
+                rec.progress()
+            except RuntimeError as exc:  # "dictionary changed size during iteration"
+                failures.append(exc)
+                break
+        writer.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert rec.progress() == (keys, 2 * keys, 1.0)
