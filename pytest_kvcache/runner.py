@@ -1,9 +1,8 @@
 """Closed-loop users replaying a trace against the multi-tier cache for a measurement window.
 
-Each user is a thread that walks its own request list in order: think, send, and wait for
-the answer before the next turn. A request does the I/O of a serving engine with KV offload
-(design section 3): load the conversation's history, store the new context (prefill), pace
-decode at the generation mode's time per token, store the generated tokens. The runner opens
+This is the load layer: who sends which request when (design section 3a). Each user is a
+thread that walks its own request list in order: think, send, and wait for the answer before
+the next turn; what one request does to the cache is ``serve.RequestServer``. The runner opens
 the recorder's window after the warm-up, closes it after the duration, then ends promptly
 (design section 3, "End of a run"): a request in flight finishes the one backend call it is in,
 so no transfer is cut and no cache entry is left being written or moved, and skips the rest of
@@ -19,10 +18,9 @@ from dataclasses import dataclass, field
 
 from .cache import MultiTierCache
 from .recorder import Recorder
-from .workload import ConversationLayout, Request, Trace
+from .serve import RequestServer
+from .workload import Request, Trace
 
-SECONDS_PER_TOKEN = {"none": 0.0, "fast": 0.002, "realistic": 0.030}
-REFERENCE_REREAD_TOKENS = 32  # MLPerf reference: re-read the whole entry every 32 decoded tokens
 _DRAIN_TIMEOUT_S = 300.0  # a backend call still running this long after the window is reported stuck
 
 
@@ -56,102 +54,31 @@ class Runner:
         self.cache, self.trace, self.recorder, self.config = cache, trace, recorder, config
         self.window_hooks = window_hooks  # objects with start()/stop(), e.g. device counters
         self.on_tick = on_tick  # called about 4 times a second with (runner, elapsed_s)
-        self.per_token_s = SECONDS_PER_TOKEN[config.generation_mode]
         self.info = RunInfo()
         self._stop = threading.Event()  # no new requests
         self._ending = threading.Event()  # the run is ending: finish the backend call under way, skip the rest
+        self.server = RequestServer(cache, recorder, config, self._ending)
         self._admit = threading.Semaphore(config.max_inflight) if config.max_inflight else None
         self._lock = threading.Lock()
         self._active_users = 0
-        self._live_tokens = 0
         self._ended = threading.Event()  # the last user finished, or one failed
         self._ended_ns: int | None = None
 
-    # -- one request ------------------------------------------------------------------
-    def _load(self, layout: ConversationLayout, kind: str) -> bool:
-        """Read every entry of the conversation; False if the run's end cut it short."""
-        for entry in layout.entries():
-            if self._ending.is_set():
-                return False
-            if self.cache.read(entry.key, kind) is None:
-                self.cache.put(entry.key, entry.tokens)  # evicted: recompute and store again
-        return True
-
-    def _grow(self, delta: int) -> None:
-        with self._lock:
-            self._live_tokens += delta
-            self.info.peak_live_tokens = max(self.info.peak_live_tokens, self._live_tokens)
-
-    def _store(self, layout: ConversationLayout, tokens: int) -> bool:
-        """Write the entries that hold ``tokens`` more; False if the run's end cut it short."""
-        self._grow(tokens)
-        for entry in layout.append(tokens):
-            if self._ending.is_set():
-                return False
-            self.cache.put(entry.key, entry.tokens)
-        return True
-
-    def _serve(self, req: Request, layout: ConversationLayout, submit_ns: int) -> bool:
-        """One request; False (and nothing recorded) when the run's end cut it short."""
-        admit = self._admit or nullcontext()
-        with admit:
-            start_ns = time.perf_counter_ns()
-            done = self._load(layout, "multi_turn")  # step 2: the conversation so far
-            done = done and self._store(layout, req.context_tokens)  # step 3: prefill of the new context
-            storage_ns = time.perf_counter_ns() - start_ns
-            ttft_ns = time.perf_counter_ns() - submit_ns + int(self.per_token_s * 1e9)
-            if done:
-                gen_ns, reread_ns, done = self._decode(req, layout)  # step 4
-                storage_ns += reread_ns
-            if done:
-                t = time.perf_counter_ns()
-                done = self._store(layout, req.generate_tokens)  # step 5: keep the answer for the next turn
-                storage_ns += time.perf_counter_ns() - t
-        if not done:
-            return False
-        end_ns = time.perf_counter_ns()
-        self.recorder.request(
-            end_ns,
-            {"e2e": end_ns - submit_ns, "queue_wait": start_ns - submit_ns, "storage_time": storage_ns,
-             "generation_time": gen_ns, "ttft": ttft_ns},
-            {"requests": 1, "generated_tokens": req.generate_tokens, "context_tokens": req.context_tokens},
-        )
-        return True
-
-    def _decode(self, req: Request, layout: ConversationLayout) -> tuple[int, int, bool]:
-        """Pace generation. Returns (generation ns, ns spent re-reading KV in the reference
-        model, False if the run's end cut the pacing or the re-reads short)."""
-        t0 = time.perf_counter_ns()
-        reread = 0
-        done = True
-        if self.config.read_model == "reference":
-            left = req.generate_tokens
-            while left > 0 and done:
-                step = min(REFERENCE_REREAD_TOKENS, left)
-                done = not self._ending.wait(step * self.per_token_s)
-                t = time.perf_counter_ns()
-                done = done and self._load(layout, "decode")
-                reread += time.perf_counter_ns() - t
-                left -= step
-        elif self.per_token_s:
-            done = not self._ending.wait(req.generate_tokens * self.per_token_s)
-        return time.perf_counter_ns() - t0 - reread, reread, done
-
     # -- users ------------------------------------------------------------------------
     def _user(self, requests: list[Request]) -> None:
-        layout = None
+        conversation = None
+        admit = self._admit or nullcontext()
         try:
             for req in requests:
                 if self._stop.is_set() or self._stop.wait(req.think_time_s):
                     return
-                if layout is None or layout.conversation_id != req.conversation_id:
-                    if layout is not None:
-                        self._grow(-layout.total_tokens)
-                    layout = ConversationLayout(req.conversation_id, self.config.chunk_tokens)
+                conversation = self.server.conversation_for(req, conversation)
                 submit_ns = time.perf_counter_ns()
                 with self._lock:
                     self.info.requests_started += 1
-                if not self._serve(req, layout, submit_ns):
+                with admit:  # --kv-max-inflight: wait in the queue for a place in service
+                    served = self.server.serve(req, conversation, submit_ns)
+                if not served:
                     return  # the run is ending
                 with self._lock:
                     self.info.requests_finished += 1
@@ -235,6 +162,7 @@ class Runner:
             raise
         finally:
             self.info.finished_ns = time.perf_counter_ns()
+            self.info.peak_live_tokens = self.server.peak_live_tokens
         return self.info
 
 
