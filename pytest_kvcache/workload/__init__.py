@@ -1,5 +1,18 @@
-"""Workload: personas, the deterministic request trace, and the cache-entry layout of a conversation."""
+"""Workload: personas, the deterministic request trace, the cache-entry layout of a conversation,
+and the block model (prompts as chains of content-addressed KV blocks)."""
 
+from .blocks import (
+    Block,
+    BlockSequence,
+    HitTally,
+    Segment,
+    chain_key,
+    longest_cached_prefix,
+    plan_blocks,
+    synthetic_identity,
+    tally_hits,
+    token_identity,
+)
 from .layout import ConversationLayout, Entry
 from .personas import (
     DEFAULT_PERSONA_MIX,
@@ -20,6 +33,16 @@ from .trace import (
 )
 
 __all__ = [
+    "Block",
+    "BlockSequence",
+    "HitTally",
+    "Segment",
+    "chain_key",
+    "longest_cached_prefix",
+    "plan_blocks",
+    "synthetic_identity",
+    "tally_hits",
+    "token_identity",
     "DEFAULT_PERSONA_MIX",
     "PERSONAS",
     "PERSONA_QOS",
