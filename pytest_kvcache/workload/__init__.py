@@ -1,5 +1,5 @@
 """Workload: personas, the deterministic request trace, the cache-entry layout of a conversation,
-and the block model (prompts as chains of content-addressed KV blocks)."""
+the block model (prompts as chains of content-addressed KV blocks) and the seed-000 prompt generator."""
 
 from .blocks import (
     Block,
@@ -22,6 +22,14 @@ from .personas import (
     QOS_P95_SLA_S,
     Persona,
 )
+from .prompts import (
+    PromptParams,
+    PromptRequest,
+    generate_prompts,
+    output_segment,
+    positive_normal_int,
+    segments,
+)
 from .trace import (
     TRACE_FORMAT,
     Request,
@@ -39,7 +47,9 @@ __all__ = [
     "Segment",
     "chain_key",
     "longest_cached_prefix",
+    "output_segment",
     "plan_blocks",
+    "positive_normal_int",
     "synthetic_identity",
     "tally_hits",
     "token_identity",
@@ -52,10 +62,14 @@ __all__ = [
     "ConversationLayout",
     "Entry",
     "Persona",
+    "PromptParams",
+    "PromptRequest",
     "Request",
     "Trace",
     "WorkloadParams",
+    "generate_prompts",
     "generate_trace",
     "load_jsonl",
     "save_jsonl",
+    "segments",
 ]
