@@ -16,7 +16,7 @@ from pytest_kvcache.workload.prompts import (
     generate_prompts,
     output_segment,
     positive_normal_int,
-    segments,
+    prompt_segments,
 )
 
 C = 256
@@ -42,7 +42,7 @@ def _replay(params, chunk=C):
     for req in trace.requests():
         seq = seqs.setdefault(req.conversation_id, BlockSequence(chunk, req.conversation_id))
         seq.begin_turn()
-        seq.extend(segments(req, params))
+        seq.extend(prompt_segments(req, params))
         prompt = seq.blocks()
         hits = longest_cached_prefix(prompt, stored.__contains__)
         out.append((req, tally_hits(prompt, hits)))
@@ -106,8 +106,8 @@ def test_validation_pool_of_one_every_later_request_hits_its_prefix():
     # the first two prompts share more than 100 tokens (seed 000's assertion)
     trace = generate_prompts(params)
     r0, r1 = list(trace.requests())[:2]
-    k0 = BlockSequence(C, "a").extend(segments(r0, params))
-    k1 = BlockSequence(C, "b").extend(segments(r1, params))
+    k0 = BlockSequence(C, "a").extend(prompt_segments(r0, params))
+    k1 = BlockSequence(C, "b").extend(prompt_segments(r1, params))
     shared = sum(x.tokens for x, y in zip(k0, k1) if x.key == y.key and x.closed)
     assert shared > 100
 
@@ -133,8 +133,8 @@ def test_shared_corpus_position_shares_content():
     trace = generate_prompts(params)
     assert {r.corpus_start for r in trace.requests()} == {0}
     firsts = [r for r in trace.requests() if r.turn == 1][:2]
-    a = BlockSequence(C, "a").extend(segments(firsts[0], params))
-    b = BlockSequence(C, "b").extend(segments(firsts[1], params))
+    a = BlockSequence(C, "a").extend(prompt_segments(firsts[0], params))
+    b = BlockSequence(C, "b").extend(prompt_segments(firsts[1], params))
     # 256 + 256 + 600 = 1112 tokens: 4 closed blocks shared, the private tails differ
     assert [x.key for x in a[:4]] == [y.key for y in b[:4]]
     assert a[4].key != b[4].key
@@ -145,7 +145,7 @@ def test_private_text_without_corpus():
     trace = generate_prompts(params)
     r = next(iter(trace.requests()))
     assert r.corpus_start is None and r.prefix_id is None
-    assert segments(r, params)[-1].source == f"{r.conversation_id}.in1"
+    assert prompt_segments(r, params)[-1].source == f"{r.conversation_id}.in1"
     assert output_segment(r).source == f"{r.conversation_id}.out1"
 
 

@@ -28,7 +28,7 @@ from .prompts import (
     generate_prompts,
     output_segment,
     positive_normal_int,
-    segments,
+    prompt_segments,
 )
 from .trace import (
     TRACE_FORMAT,
@@ -71,5 +71,5 @@ __all__ = [
     "generate_trace",
     "load_jsonl",
     "save_jsonl",
-    "segments",
+    "prompt_segments",
 ]

@@ -13,7 +13,7 @@ Each request's prompt is, in order (most shared first, so the cache can reuse a 
    private text (``{conversation}.in{turn}``) when ``corpus_tokens == 0``.
 
 The generated output (``{conversation}.out{turn}``) is stored after decode and becomes history.
-``segments(req)`` and ``output_segment(req)`` give these as ``blocks.Segment`` objects for a
+``prompt_segments(req)`` and ``output_segment(req)`` give these as ``blocks.Segment`` objects for a
 conversation's ``BlockSequence``.
 
 Named streams (seed 000: ``dataset.prompt.length``/``.corpus``/``.prefix``), one set per user
@@ -220,7 +220,7 @@ def generate_prompts(params: PromptParams) -> Trace:
     return Trace(params, [_user_requests(params, u) for u in range(params.users)])
 
 
-def segments(req: PromptRequest, params: PromptParams) -> list[Segment]:
+def prompt_segments(req: PromptRequest, params: PromptParams) -> list[Segment]:
     """The segments a turn adds to its conversation's ``BlockSequence`` before the lookup:
     on turn 1 the system prompt, the pool prefix and the user context, then the new text."""
     out: list[Segment] = []
