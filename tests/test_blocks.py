@@ -208,3 +208,12 @@ def test_bad_sequence_settings():
         BlockSequence(C, "")
     with pytest.raises(ConfigError, match="Segment"):
         BlockSequence(C, "o").extend([("new", "s", 3)])
+
+
+def test_chunk_zero_standalone_documents_keep_their_keys():
+    doc = Segment("rag", "docA", 5000, standalone=True)
+    ingested = plan_blocks([doc], 0, "ingest")
+    p1 = plan_blocks([Segment("system", "sys", 100), doc, Segment("new", "q", 40)], 0, "q1")
+    p2 = plan_blocks([Segment("system", "sys", 200), doc, Segment("new", "q", 40)], 0, "q2")
+    assert p1[1].key == p2[1].key == ingested[0].key
+    assert p1[2].key != p2[2].key  # the question still chains over what precedes it

@@ -228,7 +228,11 @@ class BlockSequence:
         ids = seg.token_ids
         if C == 0:  # one closed block per segment
             piece = (seg.kind, seg.source, seg.start, seg.start + seg.tokens, ids, self._turn)
-            self._parent = self._close((piece,), seg.tokens, self._parent)
+            if seg.standalone:
+                key = self._close((piece,), seg.tokens, "")
+                self._parent = chain_key(self._parent, b"standalone:" + key.encode())
+            else:
+                self._parent = self._close((piece,), seg.tokens, self._parent)
             return
         if seg.standalone:
             self._close_open()
@@ -259,7 +263,7 @@ class BlockSequence:
             if seg.tokens:
                 self._add(seg)
                 self._total += seg.tokens
-        return self.blocks()[first:]
+        return self._blocks(first)
 
     # -- reading --------------------------------------------------------------------------
     def _kind(self, piece: _Piece) -> str:
@@ -276,12 +280,16 @@ class BlockSequence:
         kinds = tuple(counts.items())
         return Block(key, index, tokens, kinds[0][0], kinds, closed)
 
+    def _blocks(self, first: int) -> list[Block]:
+        out = [self._block(i, key, n, pieces, True)
+               for i, (key, n, pieces) in enumerate(self._closed[first:], first)]
+        if self._open_tokens:
+            out.append(self._block(len(self._closed), self.tail_key, self._open_tokens, self._open, False))
+        return out
+
     def blocks(self) -> list[Block]:
         """Every block of the sequence so far, in order; the open tail (if any) last."""
-        out = [self._block(i, key, n, pieces, True) for i, (key, n, pieces) in enumerate(self._closed)]
-        if self._open_tokens:
-            out.append(self._block(len(out), self.tail_key, self._open_tokens, self._open, False))
-        return out
+        return self._blocks(0)
 
 
 def plan_blocks(segments: Iterable[Segment], chunk_tokens: int, owner: str) -> list[Block]:
