@@ -130,7 +130,8 @@ def test_close_wakes_takers_and_returns_the_waiting():
     assert q.close() == ["b", "c"]
     t.join(30)
     assert not t.is_alive() and got == [None]
-    assert not q.offer("d", "batch") and q.counts()["rejected"]["batch"] == 1
+    assert not q.offer("d", "batch")  # after close: refused, and not a rejection of the window
+    assert q.counts()["rejected"]["batch"] == 0 and q.counts()["offered"]["batch"] == 3
 
 
 def test_many_threads_keep_the_bounds_and_lose_nothing():

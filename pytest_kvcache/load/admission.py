@@ -91,12 +91,18 @@ class AdmissionQueue:
 
     # -- producer -------------------------------------------------------------------------
     def offer(self, item: Any, qos: str) -> bool:
-        """Queue ``item`` of class ``qos``; False (and one more rejection) when full or closed."""
+        """Queue ``item`` of class ``qos``; False (and one more rejection) when full.
+
+        After ``close`` (the window is over) it returns False and counts nothing: a request
+        offered then is not part of the measurement.
+        """
         if qos not in self._prio:
             raise ConfigError(f"unknown QoS class {qos!r}; the queue knows {list(self._queues)}")
         with self._cond:
+            if self._closed:
+                return False
             self.offered[qos] += 1
-            if self._closed or self._waiting >= self.depth:
+            if self._waiting >= self.depth:
                 self.rejected[qos] += 1
                 return False
             self._queues[qos].append((self._seq, self._clock(), item))
