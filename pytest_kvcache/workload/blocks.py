@@ -188,7 +188,8 @@ class BlockSequence:
             raise ConfigError(f"sequence owner {owner!r} must be a non-empty string of [A-Za-z0-9._-]")
         self.chunk_tokens = chunk_tokens
         self.owner = owner
-        self._closed: list[tuple[str, int, tuple[_Piece, ...]]] = []  # (key, tokens, pieces)
+        # closed blocks: [key, tokens, pieces, stable-from turn, cached Block, turn it was built]
+        self._closed: list[list] = []
         self._open: list[_Piece] = []
         self._open_tokens = 0
         self._parent = ""  # key the next normal block chains from
@@ -215,7 +216,9 @@ class BlockSequence:
     # -- building -------------------------------------------------------------------------
     def _close(self, pieces: tuple[_Piece, ...], tokens: int, parent: str) -> str:
         key = chain_key(parent, _identity(pieces))
-        self._closed.append((key, tokens, pieces))
+        # from this turn on the block's lookup kinds no longer change: its Block can be reused
+        stable = max((p[5] + 1 for p in pieces if p[0] in ("new", "output")), default=0)
+        self._closed.append([key, tokens, pieces, stable, None, -1])  # ..., Block, turn built
         return key
 
     def _close_open(self) -> None:
@@ -281,8 +284,13 @@ class BlockSequence:
         return Block(key, index, tokens, kinds[0][0], kinds, closed)
 
     def _blocks(self, first: int) -> list[Block]:
-        out = [self._block(i, key, n, pieces, True)
-               for i, (key, n, pieces) in enumerate(self._closed[first:], first)]
+        out = []
+        turn = self._turn
+        for i in range(first, len(self._closed)):
+            rec = self._closed[i]
+            if rec[4] is None or (rec[5] != turn and rec[5] < rec[3]):
+                rec[4], rec[5] = self._block(i, rec[0], rec[1], rec[2], True), turn
+            out.append(rec[4])
         if self._open_tokens:
             out.append(self._block(len(self._closed), self.tail_key, self._open_tokens, self._open, False))
         return out
