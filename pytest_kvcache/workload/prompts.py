@@ -6,7 +6,8 @@ Each request's prompt is, in order (most shared first, so the cache can reuse a 
 2. a prefix from a pool of ``prefix_pool`` prompts of ``prefix_tokens`` each (``pfx{i}``),
    chosen per conversation (a later turn's prompt contains the earlier one, so its prefix cannot
    change mid-conversation; with one-turn conversations that is per request, as in seed 000);
-3. a per-user context of ``user_context_tokens`` (``user{u}``), private to the user;
+3. a per-user context of ``user_context_tokens`` (``user{u}``), shared by the user's own
+   conversations that drew the same prefix (its hits count as lookup kind ``prefix``);
 4. the conversation's history (earlier turns' text and output), then this turn's new text:
    ``input`` tokens from the shared corpus at a drawn start position (``corpus_tokens > 0``;
    source ``corpus``, so two prompts that start at the same position share content), or
