@@ -169,10 +169,11 @@ class BlockSequence:
     sequences (a conversation id). Typical use by a runner, per turn::
 
         seq.begin_turn()                       # earlier new text and output become history
-        blocks = seq.extend(new_segments)      # store these after the lookup (prefill) ...
-        prompt = seq.blocks()                  # ... and look these up first
+        seq.extend(new_segments)
+        prompt = seq.blocks()
         hits = longest_cached_prefix(prompt, cache.contains)
-        out = seq.extend([output_segment])     # store these after decode
+        # load prompt[:hits]; prefill computes and stores prompt[hits:]
+        out = seq.extend([output_segment])     # after decode, store these
 
     ``extend`` returns the blocks that changed: the former tail (closed now, or still open with
     more tokens) and every new block. Not thread-safe: one sequence belongs to one request flow.
