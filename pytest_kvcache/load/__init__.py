@@ -1,0 +1,20 @@
+"""Load: QoS classes, the admission queue and open-loop arrivals (design.md section 3a).
+
+Pure, clock-free building blocks: callers pass times in (the queue takes an injected clock);
+nothing here sleeps or reads a clock.
+"""
+
+from .admission import AdmissionQueue, Admitted
+from .arrivals import poisson_arrivals
+from .qos import DEFAULT_QOS, QoSClass, class_mix, load_qos, sla_compliance
+
+__all__ = [
+    "DEFAULT_QOS",
+    "Admitted",
+    "AdmissionQueue",
+    "QoSClass",
+    "class_mix",
+    "load_qos",
+    "poisson_arrivals",
+    "sla_compliance",
+]
