@@ -10,15 +10,14 @@ OUR figures, from the window's close (``Recorder.window_end_ns``):
 - close -> result: until ``run_scenario`` returned (invariants checked, figures computed);
 - close -> clean: until ``Provisioned.close`` had removed every file of the run.
 
-The BASELINE is the floor of the rule "a request in flight finishes the one backend call it is
-in": the bytes the drive still had to move after the close, divided by the drive's own rate over
-the window. Both come from the block device's counters over the window (``device_counters``; the
-run has no warm-up, so the window starts with the run): bytes after the close = every data-op
-byte of the run (``Recorder.total``) minus what the device moved in the window. The report's own
-window bytes cannot serve: they count a call's bytes when the whole call completes, and with
-hundreds of users most calls of the window complete only after it. A ratio near 1 means the end
-waits for nothing but the transfers under way. Without readable device counters the baseline is
-left out. Target (issue 9): the scenario ends within about 2 s of its window.
+The BASELINE is the floor of the rule "a backend call in flight finishes the transfer it is in"
+(a call stops between transfers once the run ends, errors.IOCut): the bytes the drive still had
+to move after the close, divided by the drive's own rate over the window. Both come from the
+block device's counters over the window (``device_counters``; the run has no warm-up, so the
+window starts with the run): bytes after the close = every data-op byte of the run
+(``Recorder.total``) minus what the device moved in the window. A ratio near 1 means the end
+waits for nothing but the transfers under way. Without readable device counters the baseline
+is left out. Target (issue 9): the scenario ends within about 2 s of its window.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 
 from .backends.base import Backend
-from .errors import BackendError, BackendFull
+from .errors import BackendError, BackendFull, IOCut
 from .recorder import Recorder
 
 WRITING, READY, MOVING = "writing", "ready", "moving"
@@ -76,6 +76,8 @@ class MultiTierCache:
         with self._cond:
             self._ending = True
             self._cond.notify_all()  # wake reservations and waits now, not at their next poll
+        for tier in self.tiers:  # backends may stop a call between its transfers (errors.IOCut)
+            tier.backend.ctx.ending.set()
 
     def read(self, key: str, kind: str) -> str | None:
         """Load ``key`` into the compute device. Returns the tier it came from, None on a miss.
@@ -96,6 +98,12 @@ class MultiTierCache:
         except BackendError as exc:
             res = None
             self.recorder.error(f"{tier.name} read of {key}: {exc}")
+        except IOCut as cut:  # the run is ending: the entry is fine, the load just stopped
+            with self._cond:
+                entry.pins -= 1
+                self._cond.notify_all()
+            self.recorder.io(tier.name, "read", cut.result, entry.tokens)
+            return None
         except BaseException:
             with self._cond:
                 entry.pins -= 1
@@ -165,6 +173,9 @@ class MultiTierCache:
                 with self._cond:
                     self._unlink(entry)
                     self._cond.notify_all()
+                if isinstance(exc, IOCut):  # the run is ending: not stored, not a drop
+                    self.recorder.io(tier.name, "write", exc.result, tokens)
+                    return None
                 if not isinstance(exc, BackendFull):
                     raise
                 self.recorder.error(f"{tier.name} full writing {key}: {exc}")
@@ -241,6 +252,7 @@ class MultiTierCache:
         dst = self.tiers[dst_idx]
         fp = dst.backend.footprint(entry.nbytes)
         reserved = False
+        res_r = None
         try:
             reserved = fp <= dst.high_water and self._reserve(dst_idx, fp)
             if reserved is _ENDING:
@@ -255,6 +267,11 @@ class MultiTierCache:
                 self._keep(entry, dst, fp)
                 return
             res_w = dst.backend.write(entry.key, entry.nbytes)
+        except IOCut as cut:  # the run is ending mid-copy: nothing below, the entry stays above
+            op, where = ("demote_read", src) if res_r is None else ("demote_write", dst)
+            self.recorder.io(where.name, op, cut.result, entry.tokens)
+            self._keep(entry, dst, fp)
+            return
         except BaseException as exc:  # never leave the entry 'moving': others wait for it
             if reserved:
                 with self._cond:

@@ -183,6 +183,7 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     ), window_hooks=(device,) if device else (), on_tick=tick)
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
                storage, started=time.time())  # wall clock: the report only
+    trace.sha256()  # hashed before the window, not in the time after it (cached on the trace)
     try:
         runner.run()
     except KeyboardInterrupt as exc:

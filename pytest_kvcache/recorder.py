@@ -161,7 +161,7 @@ class Recorder:
         parts = res.parts() if moves_bytes else ()
         with self._lock:
             tot = self.total.setdefault(key, [0, 0])
-            tot[0] += 1
+            tot[0] += res.complete  # a cut I/O (errors.IOCut) adds its bytes, not a count
             tot[1] += res.nbytes if moves_bytes else 0
             ws, we = self.window_start_ns, self.window_end_ns
             if ws is None:
@@ -174,7 +174,7 @@ class Recorder:
                     steps.append(((end - ws) // self.timeline_step_ns, n))
                 if start < ws < end or (we is not None and start < we < end):
                     edge += n
-            completed = self.in_window(res.end_ns)
+            completed = res.complete and self.in_window(res.end_ns)  # a cut I/O never completed
             if not (completed or inside or edge):
                 return
             w = self.window.get(key)

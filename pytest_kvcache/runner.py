@@ -4,9 +4,10 @@ This is the load layer: who sends which request when (design section 3a). Each u
 thread that walks its own request list in order: think, send, and wait for the answer before
 the next turn; what one request does to the cache is ``serve.RequestServer``. The runner opens
 the recorder's window after the warm-up, closes it after the duration, then ends promptly
-(design section 3, "End of a run"): a request in flight finishes the one backend call it is in,
-so no transfer is cut and no cache entry is left being written or moved, and skips the rest of
-its loads, stores and pacing; the cache gives up reservations that have not started writing.
+(design section 3a, "End of a run"): a request in flight finishes the transfer it is in (a
+backend call of several transfers stops at the next boundary, ``errors.IOCut``; no cache entry
+is left being written or moved) and skips the rest of its loads, stores and pacing; the cache
+gives up reservations that have not started writing.
 """
 
 from __future__ import annotations

@@ -402,3 +402,28 @@ def test_a_run_dir_on_dev_shm_is_described_as_memory(tmp_path):
         be.close()
     finally:
         run.rmdir()
+
+
+def test_the_run_ending_cuts_a_direct_io_between_transfers_and_removes_a_cut_write(tmp_path):
+    """End of a run (design 3a): a many-transfer call stops at the next transfer boundary."""
+    from pytest_kvcache.errors import IOCut
+
+    if expected_mode(tmp_path) != "direct":
+        pytest.skip(f"{tmp_path} is on a memory file system")
+    be = make(tmp_path, block=8192)
+    be.write("kept", 20000)
+    be.ctx.ending.set()
+    with pytest.raises(IOCut) as cut:
+        be.write("cut", 20000)
+    res = cut.value.result
+    assert (res.complete, res.nbytes, [n for _, n in res.transfers]) == (False, 8192, [8192])
+    assert be.stored_keys() == {"kept"} and be.unknown_files() == []
+    # the cut file is kept as a spare at its real size (unlinking GBs would stall the end)
+    assert be.describe()["spare_files"] == 1 and len(os.listdir(tmp_path)) == 2
+    assert be._disk_bytes == sum(os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path))
+    with pytest.raises(IOCut) as cut:
+        be.read("kept", 20000)
+    assert cut.value.result.nbytes == 8192 and not cut.value.result.complete
+    assert be.stored_keys() == {"kept"}  # a cut read leaves the entry as it was
+    assert be.write("small", 4000).complete  # one transfer: nothing to cut between
+    be.close()

@@ -431,3 +431,30 @@ def test_a_demotion_whose_read_is_under_way_is_undone_when_the_run_ends(ctx):
     assert cache.dropped == 0
     assert cache.check_invariants() == []
     assert cache.read("a", "multi_turn") == "cpu"  # ready again, not stuck 'moving'
+
+
+def test_ios_cut_by_the_run_ending_count_their_transfers_but_store_and_drop_nothing(tmp_path):
+    """A put and a read cut between transfers (the backend saw the run's end): the transfers
+    inside the window are bytes moved, the I/O is no completed op, the entry cut while written
+    is neither stored nor a drop, the entry cut while read stays stored."""
+    from pytest_kvcache.backends.file import FileBackend
+
+    ctx = BackendContext(noise=NoiseSource(seed=1, size=1 << 20), staging=StagingBuffers(8192), run_dir=tmp_path)
+    be = FileBackend(TierSpec("nvme", "file", 1 << 30), ctx)
+    if not be.direct:
+        pytest.skip(f"{tmp_path} is memory: no O_DIRECT, no cut writes")
+    rec = Recorder()
+    rec.open_window(0)
+    cache = MultiTierCache([be], rec, 1000)
+    assert cache.put("kept", 20) == "nvme"  # 20,000 bytes: three transfers of at most 8 KiB
+    ctx.ending.set()  # what end_promptly does to the backends
+    assert cache.read("kept", "multi_turn") is None  # cut after its first transfer
+    assert cache.put("cut", 20) is None
+    assert cache.dropped == 0 and not cache.contains("cut") and cache.contains("kept")
+    read, write = rec.window[("nvme", "read")], rec.window[("nvme", "write")]
+    assert (read.count, read.bytes) == (0, 8192)
+    assert (write.count, write.bytes) == (1, 20480 + 8192)
+    assert cache.check_invariants() == []
+    cache.end_promptly()
+    assert ctx.ending.is_set()
+    be.close()

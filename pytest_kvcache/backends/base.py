@@ -8,6 +8,7 @@ the multi-tier cache does that and records every ``IOResult`` it gets back.
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class IOResult:
     dur_ns: int  # time spent in the I/O itself, excluding payload preparation
     start_ns: int | None = None
     transfers: tuple[tuple[int, int], ...] = ()
+    complete: bool = True  # False: cut short between transfers as the run ended (errors.IOCut)
 
     def parts(self) -> tuple[tuple[int, int, int], ...]:
         """``(start_ns, end_ns, nbytes)`` per transfer; a transfer starts when the one before ends."""
@@ -59,6 +61,9 @@ class BackendContext:
     staging: StagingBuffers
     run_dir: Path | None = None  # private directory of this run (file-like backends only)
     verifier: Verifier | None = None  # set by --kv-verify: backends check every block they read
+    ending: threading.Event = field(default_factory=threading.Event)
+    """Set when the run is ending: a backend whose call is made of several transfers may stop
+    between two of them, raising ``errors.IOCut`` (``MultiTierCache.end_promptly`` sets it)."""
 
 
 class Backend(abc.ABC):

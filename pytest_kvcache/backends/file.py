@@ -28,7 +28,7 @@ import threading
 import time
 
 from .. import fsinfo
-from ..errors import BackendError, BackendFull, ConfigError
+from ..errors import BackendError, BackendFull, ConfigError, IOCut
 from ..payload import BLOCK
 from .base import Backend, BackendContext, IOResult, TierSpec
 
@@ -128,6 +128,11 @@ class FileBackend(Backend):
                 os.ftruncate(fd, padded)
             dur += time.perf_counter_ns() - t
             for off in range(0, padded, block):
+                # the run is ending: stop between transfers (buffered bytes reach the drive only
+                # at the fsync, so a buffered write is never cut)
+                if off and self.direct and self.ctx.ending.is_set():
+                    raise IOCut(IOResult(nbytes=off, end_ns=transfers[-1][0], dur_ns=dur, start_ns=start,
+                                         transfers=tuple(transfers), complete=False))
                 n = min(block, padded - off)
                 data = staging.payload(self.ctx.noise, key, off, n)
                 done = 0
@@ -153,11 +158,14 @@ class FileBackend(Backend):
             end = time.perf_counter_ns()
             fd = -1
             dur += end - t
-        except (OSError, BackendError) as e:
+        except (OSError, BackendError, IOCut) as e:
+            if isinstance(e, IOCut) and self.recycle and fd >= 0:
+                self._keep_cut(name, fd, padded)  # unlinking GBs as the run ends would stall it
+                raise
             if fd >= 0:
                 os.close(fd)
             self._discard(name, padded)
-            if isinstance(e, BackendError):
+            if not isinstance(e, OSError):
                 raise
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise BackendFull(
@@ -203,6 +211,18 @@ class FileBackend(Backend):
             bisect.insort(self._spare_sizes, size)
         self._spares[size].append(name)
 
+    def _keep_cut(self, name: str, fd: int, padded: int) -> None:
+        """Keep the file of a write cut as the run ended as a spare, at its real size, and close it
+        (its content is never read: a spare is overwritten before it holds an entry)."""
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._names.pop(name, None)
+            self._put_spare(size, name)
+            self._disk_bytes += size - padded  # the claim accounted ``padded`` for it
+
     def _discard(self, name: str, padded: int) -> None:
         """Remove a partly written file so disk and bookkeeping agree after a failed write."""
         self._remove_file(name)
@@ -239,6 +259,9 @@ class FileBackend(Backend):
             if not self.direct:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             for off in range(0, padded, block):
+                if off and self.ctx.ending.is_set():  # the run is ending: stop between transfers
+                    raise IOCut(IOResult(nbytes=off, end_ns=transfers[-1][0], dur_ns=dur, start_ns=start,
+                                         transfers=tuple(transfers), complete=False))
                 n = min(block, padded - off)
                 done = 0
                 while done < n:
