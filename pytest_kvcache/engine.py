@@ -297,7 +297,7 @@ class _Run:
         """Features this scenario does not have -> why their metrics are n/a (criteria.evaluate)."""
         absent = {"cache.hit_rate.prefix": "this workload has no shared prefixes",
                   "cache.hit_rate.rag": "this workload has no RAG documents"}
-        for kind in ("read", "write"):  # no counters, or too few of our bytes to judge by them
+        for kind in ("read", "write") if self.storage_tier else ():  # no counters, or too few bytes
             why = device_counters.get(f"{kind}_ratio_reason") or (
                 None if device_counters.get("available") else f"no device counters: {device_counters.get('reason')}")
             if why:
