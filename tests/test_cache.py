@@ -356,20 +356,23 @@ def test_after_end_promptly_a_put_stores_nothing_and_is_not_a_drop(ctx):
     assert cache.check_invariants() == []
 
 
+class SlowReads(MockBackend):
+    """A mock whose reads wait for ``go`` (set ``reading`` first): a read stays under way."""
+
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
+        self.reading = threading.Event()
+        self.go = threading.Event()
+
+    def read(self, key, nbytes):
+        self.reading.set()
+        self.go.wait(10)
+        return super().read(key, nbytes)
+
+
 def test_a_reservation_waiting_for_room_gives_up_at_once_when_the_run_ends(ctx):
     """Every entry of the only tier is pinned by a slow read: a put waits for room. Ending the
     run wakes it; it stores nothing, counts no drop, and the cache stays consistent."""
-
-    class SlowReads(MockBackend):
-        def __init__(self, spec, ctx):
-            super().__init__(spec, ctx)
-            self.reading = threading.Event()
-            self.go = threading.Event()
-
-        def read(self, key, nbytes):
-            self.reading.set()
-            self.go.wait(10)
-            return super().read(key, nbytes)
 
     rec = Recorder()
     rec.open_window(0)
@@ -398,17 +401,6 @@ def test_a_reservation_waiting_for_room_gives_up_at_once_when_the_run_ends(ctx):
 def test_a_demotion_whose_read_is_under_way_is_undone_when_the_run_ends(ctx):
     """The demotion's read finishes (never cut), its write below never starts: the entry stays
     ready in the upper tier, the room reserved below is given back, the new entry is not stored."""
-
-    class SlowReads(MockBackend):
-        def __init__(self, spec, ctx):
-            super().__init__(spec, ctx)
-            self.reading = threading.Event()
-            self.go = threading.Event()
-
-        def read(self, key, nbytes):
-            self.reading.set()
-            self.go.wait(10)
-            return super().read(key, nbytes)
 
     rec = Recorder()
     rec.open_window(0)
