@@ -420,7 +420,7 @@ def test_the_run_ending_cuts_a_direct_io_between_transfers_and_removes_a_cut_wri
     assert be.stored_keys() == {"kept"} and be.unknown_files() == []
     # the cut file is kept as a spare at its real size (unlinking GBs would stall the end)
     assert be.describe()["spare_files"] == 1 and len(os.listdir(tmp_path)) == 2
-    assert be._disk_bytes == sum(os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path))
+    assert be.slots.disk_bytes == sum(os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path))
     with pytest.raises(IOCut) as cut:
         be.read("kept", 20000)
     assert cut.value.result.nbytes == 8192 and not cut.value.result.complete
