@@ -72,9 +72,13 @@ class FileBackend(Backend):
         recycle = spec.options.get("recycle", True)
         if not isinstance(recycle, bool):
             raise ConfigError(f"recycle must be true or false, got {recycle!r}")
-        self.recycle = recycle
         self._info["recycle"] = recycle
         self.slots = SlotTable(self.capacity_bytes, recycle)
+
+    @property
+    def recycle(self) -> bool:
+        """Whether freed files are kept as spares (``SlotTable.recycle``)."""
+        return self.slots.recycle
 
     def footprint(self, nbytes: int) -> int:
         return -(-nbytes // BLOCK) * BLOCK
