@@ -173,7 +173,8 @@ def test_read_hit_and_miss_are_recorded(ctx):
     assert cache.read("a", "prefix") == "gpu"
     assert cache.read("nope", "prefix") is None
     assert cache.read("nope", "multi_turn") is None
-    assert rec.lookups == {"prefix": [1, 1], "multi_turn": [0, 1]}
+    # [hit blocks, missed blocks, hit tokens, missed tokens]: a miss's tokens are unknown (0)
+    assert rec.lookups == {"prefix": [1, 1, 10, 0], "multi_turn": [0, 1, 0, 0]}
     assert total(rec, "gpu", "read") == 1
     assert rec.window[("gpu", "read")].tokens == 10
     assert rec.window[("gpu", "read")].bytes == 100
@@ -289,7 +290,7 @@ def test_concurrent_puts_and_reads_keep_the_invariants(ctx, shared_keys):
         _check_quiescent(cache)
     assert total(rec, "gpu", "demote_read") > 0
     assert total(rec, "nvme", "evict") > 0
-    hits, misses = rec.lookups["multi_turn"]
+    hits, misses, _, _ = rec.lookups["multi_turn"]
     assert hits > 0 and misses > 0
 
 

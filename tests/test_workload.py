@@ -14,6 +14,7 @@ import pytest
 from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.workload import (
     PERSONAS,
+    TRACE_FORMAT,
     QOS_CLASSES,
     ConversationLayout,
     Entry,
@@ -121,7 +122,7 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.sha256() == trace.sha256()
     assert loaded.per_user == trace.per_user and loaded.params == trace.params
     lines = path.read_text().splitlines(keepends=True)
-    assert json.loads(lines[0])["kvcache_trace"] == 1
+    assert json.loads(lines[0])["kvcache_trace"] == TRACE_FORMAT == 2
     assert hashlib.sha256("".join(lines[1:]).encode()).hexdigest() == trace.sha256()
 
 
