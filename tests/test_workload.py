@@ -14,8 +14,8 @@ import pytest
 from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.workload import (
     PERSONAS,
-    TRACE_FORMAT,
     QOS_CLASSES,
+    TRACE_FORMAT,
     ConversationLayout,
     Entry,
     WorkloadParams,

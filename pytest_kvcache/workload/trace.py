@@ -318,6 +318,18 @@ class Trace:
     def __len__(self) -> int:
         return sum(map(len, self.per_user))
 
+    def lookup_kinds(self) -> set[str]:
+        """The lookup kinds this trace's prompts can hit: ``prefix`` (a system prompt, a pool
+        prefix or a per-user context), ``rag`` (documents), ``multi_turn`` (a later turn)."""
+        kinds = set()
+        for r in self.requests():
+            if r.turn > 1:
+                kinds.add("multi_turn")
+            for seg in r.prompt_segments():
+                if seg.tokens and seg.kind in ("system", "prefix", "rag"):
+                    kinds.add("rag" if seg.kind == "rag" else "prefix")
+        return kinds
+
     def lines(self) -> Iterator[str]:
         """The canonical JSONL lines (with newline) that the hash covers and files hold."""
         for doc in self.documents:
