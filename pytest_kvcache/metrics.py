@@ -163,6 +163,7 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
         "storage_io_latency_ms": latency_ms("storage_time"),
         "generation_latency_ms": latency_ms("generation_time"),
         "ttft_ms": latency_ms("ttft"),
+        "retrieval_latency_ms": latency_ms("retrieval"),  # RAG queries: lookup + load of their cached prompt
         "tiers": per_tier,
         "window_bytes": moved,
         "window_edge_bytes": edge,

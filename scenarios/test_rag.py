@@ -12,13 +12,15 @@ looked up; below 1 when documents were evicted and had to be recomputed), ``retr
 prefill), and the storage read GB/s those loads drive.
 
 Default criteria (a ``--kv-threshold`` on the same metric and direction replaces them):
-retrieval p95 within 2 s and a read floor of 0.02 GB/s from the storage tier (the documents
-must really come off the drive, at a measurable rate).
+retrieval p95 within 3 s (two documents of 4,000-12,000 tokens of tiny-1b KV are about 0.4 GB
+a query; the project's 2-core VM measured 1.4 s with 4 users), a read floor of 0.02 GB/s from
+the storage tier (the documents really come off the drive, at a measurable rate; that VM
+measured 0.3-0.5 GB/s), and a RAG hit rate of at least 50% (documents stay stored).
 """
 
 import pytest
 
-RAG_CRITERIA = ("retrieval.p95<=2s", "storage.read_gbps>=0.02GB/s", "cache.hit_rate.rag>=50%")
+RAG_CRITERIA = ("retrieval.p95<=3s", "storage.read_gbps>=0.02GB/s", "cache.hit_rate.rag>=50%")
 
 
 @pytest.mark.kv_criteria(*RAG_CRITERIA)
