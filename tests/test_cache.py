@@ -432,3 +432,39 @@ def test_a_demotion_whose_read_is_under_way_is_undone_when_the_run_ends(ctx):
     assert cache.dropped == 0
     assert cache.check_invariants() == []
     assert cache.read("a", "multi_turn") == "cpu"  # ready again, not stuck 'moving'
+
+
+# -- shared (content-addressed) blocks ------------------------------------------------
+
+def test_shared_put_of_a_stored_key_writes_nothing(ctx):
+    cache, rec = make_cache(ctx, 1000, 1000)
+    assert cache.put("blk", 10, shared=True) == "gpu"
+    assert cache.put("blk", 10, shared=True) == "gpu"  # already stored: where it is
+    assert total(rec, "gpu", "write") == 1 and total(rec, "gpu", "delete") == 0
+    assert rec.run_counters["shared_present"] == 1
+    assert cache.put("blk", 10) == "gpu"  # a plain put still replaces (the private tail's path)
+    assert total(rec, "gpu", "write") == 2 and total(rec, "gpu", "delete") == 1
+
+
+def test_concurrent_shared_puts_store_a_key_once(ctx):
+    """Users that miss the same block at once: one writes, the others wait for that write."""
+    cache, rec = make_cache(ctx, 1 << 20, latency_s=0.05)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.put("blk", 10, shared=True)))
+               for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert results == ["gpu"] * 6
+    assert total(rec, "gpu", "write") == 1
+    assert rec.run_counters["shared_present"] == 5
+    assert cache.check_invariants() == []
+
+
+def test_discard_deletes_a_stale_tail(ctx):
+    cache, rec = make_cache(ctx, 1000)
+    cache.put("c.tail", 5)
+    assert cache.discard("c.tail") is True and not cache.contains("c.tail")
+    assert cache.discard("c.tail") is False
+    assert total(rec, "gpu", "delete") == 1 and cache.check_invariants() == []
