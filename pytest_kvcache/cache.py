@@ -79,8 +79,12 @@ class MultiTierCache:
         for tier in self.tiers:  # backends may stop a call between its transfers (errors.IOCut)
             tier.backend.ctx.ending.set()
 
-    def read(self, key: str, kind: str) -> str | None:
+    def read(self, key: str, kind: str, tokens: int | None = None) -> str | None:
         """Load ``key`` into the compute device. Returns the tier it came from, None on a miss.
+
+        The lookup is recorded as ``kind`` with ``tokens`` (default: the entry's own tokens, or
+        0 on a miss); a caller that splits a block's tokens over several kinds records its
+        lookups itself (``kind=None``).
 
         A failed read is an error and a miss, never a hit: the broken entry leaves the cache
         so the caller recomputes and stores it again.
@@ -88,7 +92,8 @@ class MultiTierCache:
         with self._cond:
             entry = self._wait_settled(key)
             if entry is None:
-                self.recorder.lookup(kind, False, time.perf_counter_ns())
+                if kind is not None:
+                    self.recorder.lookup(kind, False, time.perf_counter_ns(), tokens or 0)
                 return None
             entry.pins += 1
             tier = self.tiers[entry.tier]
@@ -121,15 +126,24 @@ class MultiTierCache:
         if remove:
             self._remove(entry, "delete")
         if res is None:
-            self.recorder.lookup(kind, False, time.perf_counter_ns())
+            if kind is not None:
+                self.recorder.lookup(kind, False, time.perf_counter_ns(), entry.tokens if tokens is None else tokens)
             return None
         self.recorder.io(tier.name, "read", res, entry.tokens)
-        self.recorder.lookup(kind, True, res.end_ns)
+        if kind is not None:
+            self.recorder.lookup(kind, True, res.end_ns, entry.tokens if tokens is None else tokens)
         return tier.name
 
-    def put(self, key: str, tokens: int) -> str | None:
-        """Store ``tokens`` of KV as ``key`` (replacing an older version). Returns the tier, or
-        None when it was not stored (dropped: no room; or the run is ending, see ``end_promptly``).
+    def put(self, key: str, tokens: int, shared: bool = False) -> str | None:
+        """Store ``tokens`` of KV as ``key``. Returns the tier, or None when it was not stored
+        (dropped: no room; or the run is ending, see ``end_promptly``).
+
+        ``shared=False`` replaces an older version (a private open tail block, rewritten in
+        place). ``shared=True`` is put-if-absent, for content-addressed blocks whose key says
+        what they hold: a key already stored, or being written or moved by another user right
+        now, is not written again; the call waits for that write and returns where the entry
+        is (counted as ``shared_present``). So a block shared by any number of users is stored
+        once.
 
         A tier that reports itself full (GPU out of memory, say) is skipped for the next one;
         when the last one is full too, ``BackendFull`` propagates and ends the run.
@@ -138,6 +152,9 @@ class MultiTierCache:
         while True:
             with self._cond:
                 old = self._wait_settled(key)
+                if shared and old is not None:
+                    self.recorder.count("shared_present")
+                    return self.tiers[old.tier].name
                 while old is not None and old.pins:  # a reader is still loading the old version
                     self._cond.wait(_WAIT_S)
                     old = self._wait_settled(key)
@@ -147,9 +164,23 @@ class MultiTierCache:
                     old.state = MOVING  # nobody else may touch it while it is replaced
             if old is not None:
                 self._remove(old, "delete")
-            placed = self._place(key, tokens, nbytes)
+            placed = self._place(key, tokens, nbytes)  # _RETRY: stored meanwhile by another user
             if placed is not _RETRY:
                 return placed
+
+    def discard(self, key: str) -> bool:
+        """Delete ``key`` if it is stored (a stale private tail whose tokens now live in a closed
+        block), after any write, move or read of it under way. Returns whether it was there."""
+        with self._cond:
+            old = self._wait_settled(key)
+            while old is not None and old.pins:
+                self._cond.wait(_WAIT_S)
+                old = self._wait_settled(key)
+            if old is None:
+                return False
+            old.state = MOVING
+        self._remove(old, "delete")
+        return True
 
     def _place(self, key: str, tokens: int, nbytes: int):
         full: BackendFull | None = None

@@ -52,6 +52,9 @@ FIXED_METRICS: dict[str, str] = {
     "cache.hit_rate.prefix": "fraction",
     "cache.hit_rate.rag": "fraction",
     "cache.hit_rate.decode": "fraction",
+    "cache.hit_rate.new": "fraction",
+    # the same per kind in blocks (hit blocks ÷ looked-up blocks); cache.hit_rate.* are in tokens
+    **{f"cache.block_hit_rate.{kind}": "fraction" for kind in ("multi_turn", "prefix", "rag", "decode", "new")},
     "cache.entries_dropped": "count",
     "storage.throughput_tokens_per_sec": "tokens_per_second",
     "storage.read_tokens_per_generated_token": "ratio",
@@ -63,7 +66,7 @@ FIXED_METRICS: dict[str, str] = {
     "requests.completed": "count",
     **{
         f"{group}.{stat}": "latency"
-        for group in ("e2e", "queue_wait", "storage_time", "ttft")
+        for group in ("e2e", "queue_wait", "storage_time", "ttft", "retrieval")
         for stat in LATENCY_STATS
     },
     "window.edge_fraction": "fraction",

@@ -295,8 +295,15 @@ class _Run:
 
     def _absent(self, device_counters: dict) -> dict:
         """Features this scenario does not have -> why their metrics are n/a (criteria.evaluate)."""
-        absent = {"cache.hit_rate.prefix": "this workload has no shared prefixes",
-                  "cache.hit_rate.rag": "this workload has no RAG documents"}
+        absent = {}
+        kinds = self.trace.lookup_kinds()
+        for kind, why in (("prefix", "this workload has no shared prefix (no system prompt, prefix pool or user context)"),
+                          ("rag", "this workload has no RAG documents"),
+                          ("multi_turn", "this workload has no later turns of a conversation")):
+            if kind not in kinds:
+                absent[f"cache.hit_rate.{kind}"] = absent[f"cache.block_hit_rate.{kind}"] = why
+        if "rag" not in kinds:
+            absent["retrieval."] = "this workload has no RAG queries"
         for kind in ("read", "write") if self.storage_tier else ():  # no counters, or too few bytes
             why = device_counters.get(f"{kind}_ratio_reason") or (
                 None if device_counters.get("available") else f"no device counters: {device_counters.get('reason')}")
@@ -316,8 +323,9 @@ class _Run:
                     "tiers": self.prov.tier_names, "model": self.model.to_dict(), "settings": shaping}
         return {
             "sha256": trace.sha256(),
-            "covers": "the request list only: every user's requests in order (conversation, turn, persona, QoS "
-                      "class, context and generated tokens, think time), as canonical JSON lines",
+            "covers": "the request list: the documents stored before the window (RAG), then every user's requests "
+                      "in order (conversation, turn, persona, QoS class, prompt segments, context and generated "
+                      "tokens, think time), as canonical JSON lines",
             "workload_sha256": hashlib.sha256(json.dumps(workload, sort_keys=True, default=str).encode()).hexdigest(),
             "workload_covers": "the trace hash, the scenario's tiers, the model and the settings that shape its I/O: "
                                + ", ".join(IO_SHAPING_SETTINGS),

@@ -56,22 +56,30 @@ def kv_workload(kv_session):
     return kv_session.trace_for(kv_session.settings)
 
 
-def adjusted_settings(config, name: str):
-    """The session settings with every ``pytest_kvcache_adjust_settings`` change applied.
+def adjusted_settings(config, name: str, scenario: dict | None = None, defaults: dict | None = None):
+    """The session settings with the scenario's ``defaults`` for the options the user did not
+    set (a shorter window, say), its own ``scenario`` changes (its workload, e.g.
+    ``{"workload": "rag"}``), then every ``pytest_kvcache_adjust_settings`` change applied.
 
-    Raises ConfigError when a hook's change is not a valid setting.
+    Raises ConfigError when a change is not a valid setting or the result is inconsistent.
     """
     settings = _session(config).settings
+    unset = {k: v for k, v in (defaults or {}).items() if k not in settings.explicit}
+    if unset:
+        settings = settings.replace(**validate_changes(unset, f"scenario {name} defaults"))
+    if scenario:
+        settings = settings.replace(**validate_changes(scenario, f"scenario {name}"))
     for changes in config.hook.pytest_kvcache_adjust_settings(settings=settings, scenario=name):
         if changes:
             settings = settings.replace(**validate_changes(changes, "pytest_kvcache_adjust_settings"))
+    settings.check_workload()
     return settings
 
 
-def scenario_settings(config, name: str):
+def scenario_settings(config, name: str, scenario: dict | None = None, defaults: dict | None = None):
     """``adjusted_settings``, failing the running test on a bad change."""
     try:
-        return adjusted_settings(config, name)
+        return adjusted_settings(config, name, scenario, defaults)
     except ConfigError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -141,16 +149,21 @@ class ProgressLine:
 
 @pytest.fixture
 def kv_run(request, kv_session):
-    """``kv_run(kv_tiers, benchmark=None, check=True) -> ScenarioResult``.
+    """``kv_run(kv_tiers, benchmark=None, check=True, settings=None) -> ScenarioResult``.
 
-    Runs the workload on the tiers, records the result in the session report and JUnit
+    ``settings``: the scenario's own setting changes (option names to values, checked as the
+    command line is), applied before ``pytest_kvcache_adjust_settings``; e.g. the RAG scenario
+    passes ``{"workload": "rag"}`` so that only it runs that workload. ``defaults``: values for
+    the options the user did not set anywhere (``{"duration": 8}`` keeps a scenario short
+    unless ``--kv-duration`` is given). Runs the workload on the tiers, records the result in the session report and JUnit
     properties, replays the headline latencies into pytest-benchmark's ``benchmark`` fixture
     when given, and fails the test when a criterion fails (``check=False`` leaves that to you).
     """
     config = request.config
 
-    def run(prov, benchmark=None, check: bool = True) -> ScenarioResult:
-        settings = scenario_settings(config, prov.config.name)
+    def run(prov, benchmark=None, check: bool = True, settings: dict | None = None,
+            defaults: dict | None = None) -> ScenarioResult:
+        settings = scenario_settings(config, prov.config.name, settings, defaults)
         extra = []
         for marker in request.node.iter_markers("kv_criteria"):
             try:
@@ -160,11 +173,12 @@ def kv_run(request, kv_session):
         try:
             criteria = merge(kv_session.criteria_for(settings), extra)  # a hook may change them
             model = resolve_model(settings.model, settings.models)
+            trace = kv_session.trace_for(settings)
         except ConfigError as exc:
             pytest.fail(str(exc), pytrace=False)
         progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
         try:
-            result = run_scenario(prov, settings, model, kv_session.trace_for(settings), criteria,
+            result = run_scenario(prov, settings, model, trace, criteria,
                                   on_tick=progress)
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True

@@ -14,6 +14,9 @@ from __future__ import annotations
 from .ops import DATA_OPS, READ_OPS, WRITE_OPS, headline_op, storage_tier
 from .recorder import Recorder
 
+HEADLINE_LOOKUP_KINDS = ("prefix", "multi_turn", "rag")
+"""Lookup kinds the headline ``cache.hit_rate`` covers: what a cache could have held."""
+
 LATENCY_KEYS = ("mean", "p50", "p95", "p99", "p999", "max")
 
 EDGE_WARN_FRACTION = 0.05
@@ -100,15 +103,24 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
         flat["storage.throughput_tokens_per_sec"] = sum(o.tokens for o in ops.values() if o) / window
         storage_read_tokens = ops["read"].tokens if ops["read"] else 0.0
 
-    # the headline hit rate counts a request's loads, not the reference model's decode re-reads
-    # of what it has just loaded (the MLPerf reference inflates its hit rate that way)
-    loads = [hm for kind, hm in recorder.lookups.items() if kind != "decode"]
-    lookups = sum(h + m for h, m in loads)
-    if lookups:
-        flat["cache.hit_rate"] = sum(h for h, _ in loads) / lookups
-    for kind, (h, m) in recorder.lookups.items():
-        if h + m:
-            flat[f"cache.hit_rate.{kind}"] = h / (h + m)
+    # Hit rates are hit tokens ÷ looked-up tokens (what LMCache and vLLM report), per lookup
+    # kind and, for the headline, over the kinds a cache could have held: shared prefixes,
+    # conversation history and RAG documents. This turn's new text (kind "new") and the
+    # reference read model's decode re-reads of what a request has just loaded (which inflate
+    # the MLPerf reference's hit rate) stay out of the headline.
+    loads = [c for kind, c in recorder.lookups.items() if kind in HEADLINE_LOOKUP_KINDS]
+    looked_up = sum(c[2] + c[3] for c in loads)
+    if looked_up:
+        flat["cache.hit_rate"] = sum(c[2] for c in loads) / looked_up
+    hit_rates: dict[str, dict] = {}
+    for kind, (hb, mb, ht, mt) in sorted(recorder.lookups.items()):
+        tokens = ht / (ht + mt) if ht + mt else None
+        blocks = hb / (hb + mb) if hb + mb else None
+        if tokens is not None:
+            flat[f"cache.hit_rate.{kind}"] = tokens
+        if blocks is not None:
+            flat[f"cache.block_hit_rate.{kind}"] = blocks
+        hit_rates[kind] = {"tokens": _round(tokens, 6), "blocks": _round(blocks, 6)}
 
     counters = recorder.counters
     completed = counters.get("requests", 0)
@@ -142,14 +154,16 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
         "storage_read_gbps": _round(flat.get("storage.read_gbps"), 6),
         "storage_write_gbps": _round(flat.get("storage.write_gbps"), 6),
         "cache_hit_rate": _round(flat.get("cache.hit_rate"), 6),
-        "hit_rates": {k: round(v, 6) for k, v in flat.items() if k.startswith("cache.hit_rate.")},
-        "cache_lookups": {k: {"hits": h, "misses": m} for k, (h, m) in recorder.lookups.items()},
+        "hit_rates": hit_rates,
+        "cache_lookups": {k: {"hits": hb, "misses": mb, "hit_tokens": ht, "missed_tokens": mt}
+                          for k, (hb, mb, ht, mt) in sorted(recorder.lookups.items())},
         "storage_read_tokens_per_generated_token": _round(flat.get("storage.read_tokens_per_generated_token"), 3),
         "end_to_end_latency_ms": latency_ms("e2e"),
         "queue_wait_ms": latency_ms("queue_wait"),
         "storage_io_latency_ms": latency_ms("storage_time"),
         "generation_latency_ms": latency_ms("generation_time"),
         "ttft_ms": latency_ms("ttft"),
+        "retrieval_latency_ms": latency_ms("retrieval"),  # RAG queries: lookup + load of their cached prompt
         "tiers": per_tier,
         "window_bytes": moved,
         "window_edge_bytes": edge,

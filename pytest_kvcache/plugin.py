@@ -84,6 +84,8 @@ def _ini_values(config) -> dict:
 def pytest_configure(config):
     config.addinivalue_line("markers", "kv_criteria(*thresholds): extra pass/fail criteria for this scenario, "
                                        "e.g. @pytest.mark.kv_criteria('nvme.read.p95<=100ms')")
+    config.addinivalue_line("markers", "slow: a long scenario (a sweep), skipped unless selected with -m, "
+                                       "e.g. pytest scenarios/ -m slow")
     cli = {opt.name: config.getoption("kv_" + opt.name) for opt in OPTIONS}
     try:
         settings = build_settings(cli, _ini_values(config))
@@ -107,6 +109,16 @@ def pytest_configure(config):
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             "pytest's rootdir is '/': a path given as '--kv-cache-dir PATH' counts when pytest picks its "
             "rootdir. Write '--kv-cache-dir=PATH' so test ids and saved benchmarks stay stable."), stacklevel=2)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``slow`` scenarios unless a ``-m`` expression selects tests by marker."""
+    if config.getoption("markexpr", ""):
+        return
+    skip = pytest.mark.skip(reason="slow scenario: run it with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 def pytest_collection_finish(session):

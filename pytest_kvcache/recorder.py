@@ -115,7 +115,8 @@ class Recorder:
         self.requests: dict[str, Series] = {}
         self.counters: dict[str, int] = {}  # inside the window (requests, tokens)
         self.run_counters: dict[str, int] = {}  # the whole run, warm-up and drain included
-        self.lookups: dict[str, list[int]] = {}  # kind -> [hits, misses] inside the window
+        # kind -> [hit blocks, missed blocks, hit tokens, missed tokens] inside the window
+        self.lookups: dict[str, list[int]] = {}
         self.timeline_step_ns = int(timeline_step_s * 1e9)
         self.timeline: dict[str, list[int]] = {}  # tier -> data-op bytes completed per step of the window
         self.errors: list[str] = []
@@ -193,11 +194,16 @@ class Recorder:
                     line[step] += n
             w.edge_bytes += edge
 
-    def lookup(self, kind: str, hit: bool, t_ns: int) -> None:
+    def lookup(self, kind: str, hit: bool, t_ns: int, tokens: int = 0, blocks: int = 1) -> None:
+        """One looked-up block (or part of one) of lookup ``kind`` holding ``tokens``, found and
+        read back (``hit``) or not, at ``t_ns``; counted only inside the window. A block whose
+        tokens span kinds is recorded once per kind, with ``blocks=1`` for the kind of its first
+        token and ``blocks=0`` for the others."""
         with self._lock:
             if self.in_window(t_ns):
-                pair = self.lookups.setdefault(kind, [0, 0])
-                pair[0 if hit else 1] += 1
+                counts = self.lookups.setdefault(kind, [0, 0, 0, 0])
+                counts[0 if hit else 1] += blocks
+                counts[2 if hit else 3] += tokens
 
     def request(self, end_ns: int, timings: dict[str, int], counters: dict[str, int]) -> None:
         """One finished request: ``timings`` in ns (e2e, queue_wait, ...), ``counters`` summed."""

@@ -120,6 +120,11 @@ class Runner:
         threads = [threading.Thread(target=self._user, args=(reqs,), name=f"kv-user-{u}", daemon=True)
                    for u, reqs in enumerate(self.trace.per_user)]
         self._active_users = len(threads)
+        try:  # RAG documents: stored before any user starts and before the window
+            self.server.prepare(self.trace)
+        except BaseException:
+            self.info.aborted = True
+            raise
         self.info.started_ns = t0 = time.perf_counter_ns()
         warm_end = t0 + int(cfg.warmup_s * 1e9)
         # Set before any user starts: I/O completing from warm_end on counts, even when the

@@ -1,21 +1,39 @@
 """What one request does to the multi-tier cache: the I/O of a serving engine with KV offload.
 
-Design section 3: load the conversation's history (a hit in a lower tier is real I/O), store
-the new context (prefill), pace decode at the generation mode's time per token (and, with the
-``reference`` read model, re-read the whole KV every 32 decoded tokens, as the MLPerf
-reference does), store the generated tokens so the next turn finds them. When the run is
-ending (``ending`` set), a request finishes the backend call it is in and skips the rest.
-Who sends which request when is the load layer's business (``runner``).
+Design section 3. A request's prompt is a chain of content-addressed KV blocks
+(``workload.blocks``): its conversation's ``BlockSequence`` grows by the request's segments
+(system prompt, pool prefix, per-user context, RAG documents, this turn's new text; the earlier
+turns are history). Then, as vLLM and LMCache with prefix caching do:
+
+1. *lookup*: the longest prefix of the prompt's blocks that the cache holds (the first missing
+   block ends the hit); *load* those blocks, each a real read through the cache. A block that
+   was found but could not be read back (evicted meanwhile, a failed read) ends the hit there:
+   a hit is only ever a block that was found and read back;
+2. *prefill*: the missed blocks, from the first miss to the end of the prompt, are stored.
+   Closed blocks are content-addressed and stored put-if-absent (``MultiTierCache.put(...,
+   shared=True)``): a block that some user already stored, or is storing right now, is not
+   written again, so shared blocks are stored once whatever the number of users; the private
+   open tail block is rewritten in place;
+3. *decode*: paced at the generation mode's time per token (with the ``reference`` read model,
+   the whole prompt is re-read every 32 decoded tokens, as the MLPerf reference does);
+4. the output's blocks are stored, so the next turn finds them.
+
+Every looked-up block is recorded per lookup kind (``prefix``, ``multi_turn``, ``rag``, ``new``)
+with its tokens, so hit rates come in tokens and in blocks. RAG documents (``Trace.documents``)
+are stored by ``prepare`` before any user starts, outside the window. When the run is ending
+(``ending`` set), a request finishes the backend call it is in and skips the rest. Who sends
+which request when is the load layer's business (``runner``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 from .cache import MultiTierCache
 from .recorder import Recorder
-from .workload import ConversationLayout, Request
+from .workload import Block, BlockSequence, Request, Trace, plan_blocks
 
 SECONDS_PER_TOKEN = {"none": 0.0, "fast": 0.002, "realistic": 0.030}
 REFERENCE_REREAD_TOKENS = 32  # MLPerf reference: re-read the whole entry every 32 decoded tokens
@@ -25,7 +43,7 @@ class RequestServer:
     """Serves requests against ``cache``, recording each finished one in ``recorder``.
 
     ``config`` is the runner's ``RunConfig`` (generation mode, read model, chunk tokens).
-    Thread-safe: any number of users call ``serve`` at once.
+    Thread-safe: any number of users call ``serve`` at once (each with its own sequence).
     """
 
     def __init__(self, cache: MultiTierCache, recorder: Recorder, config, ending: threading.Event):
@@ -35,65 +53,109 @@ class RequestServer:
         self._live_tokens = 0
         self.peak_live_tokens = 0  # most KV tokens the users' open conversations held at once
 
-    def conversation_for(self, req: Request, current: ConversationLayout | None) -> ConversationLayout:
-        """The cache layout ``req`` extends: ``current`` if it is the same conversation, else a new
-        one (the old one's tokens no longer count toward the live working set)."""
-        if current is not None and current.conversation_id == req.conversation_id:
+    def prepare(self, trace: Trace) -> int:
+        """Ingest the trace's documents (RAG) as shared blocks, before any user starts and before
+        the window opens (their writes are in the run's totals, not the window's). Returns the
+        blocks written or found stored."""
+        stored = 0
+        for doc in trace.documents:
+            for block in plan_blocks([doc], self.config.chunk_tokens, doc.source):
+                if self.ending.is_set():
+                    return stored
+                stored += self.cache.put(block.key, block.tokens, shared=True) is not None
+        return stored
+
+    def conversation_for(self, req: Request, current: BlockSequence | None) -> BlockSequence:
+        """The block sequence ``req`` extends: ``current`` if it is the same conversation, else a
+        new one (the old one's tokens no longer count toward the live working set)."""
+        if current is not None and current.owner == req.conversation_id:
             return current
         if current is not None:
             self._grow(-current.total_tokens)
-        return ConversationLayout(req.conversation_id, self.config.chunk_tokens)
+        return BlockSequence(self.config.chunk_tokens, req.conversation_id)
 
-    def serve(self, req: Request, layout: ConversationLayout, submit_ns: int) -> bool:
+    def serve(self, req: Request, seq: BlockSequence, submit_ns: int) -> bool:
         """One request sent at ``submit_ns`` (``perf_counter_ns``); False (and nothing
         recorded) when the run's end cut it short."""
         start_ns = time.perf_counter_ns()
-        done = self._load(layout, "multi_turn")  # the conversation so far
-        done = done and self._store(layout, req.context_tokens)  # prefill of the new context
+        if seq.total_tokens:
+            seq.begin_turn()  # the earlier turns' text and output are history now
+        _, stale_tail = self._extend(seq, req.prompt_segments())
+        prompt = seq.blocks()
+        hits, done = self._lookup_and_load(prompt)
+        retrieval_ns = time.perf_counter_ns() - start_ns
+        done = done and self._store(prompt[hits:], seq if stale_tail else None)  # prefill: misses and new text
         storage_ns = time.perf_counter_ns() - start_ns
         ttft_ns = time.perf_counter_ns() - submit_ns + int(self.per_token_s * 1e9)
         if done:
-            gen_ns, reread_ns, done = self._decode(req, layout)
+            gen_ns, reread_ns, done = self._decode(req, prompt)
             storage_ns += reread_ns
         if done:
             t = time.perf_counter_ns()
-            done = self._store(layout, req.generate_tokens)  # keep the answer for the next turn
+            changed, stale_tail = self._extend(seq, [req.output_segment()])
+            done = self._store(changed, seq if stale_tail else None)  # keep the answer for the next turn
             storage_ns += time.perf_counter_ns() - t
         if not done:
             return False
         end_ns = time.perf_counter_ns()
+        timings = {"e2e": end_ns - submit_ns, "queue_wait": start_ns - submit_ns, "storage_time": storage_ns,
+                   "generation_time": gen_ns, "ttft": ttft_ns}
+        if req.rag_chunk_ids:  # what a RAG query waits on before prefill: its cached prompt
+            timings["retrieval"] = retrieval_ns
         self.recorder.request(
-            end_ns,
-            {"e2e": end_ns - submit_ns, "queue_wait": start_ns - submit_ns, "storage_time": storage_ns,
-             "generation_time": gen_ns, "ttft": ttft_ns},
+            end_ns, timings,
             {"requests": 1, "generated_tokens": req.generate_tokens, "context_tokens": req.context_tokens},
         )
         return True
 
-    def _load(self, layout: ConversationLayout, kind: str) -> bool:
-        """Read every entry of the conversation; False if the run's end cut it short."""
-        for entry in layout.entries():
+    def _lookup_and_load(self, prompt: Sequence[Block]) -> tuple[int, bool]:
+        """Load the longest cached prefix of ``prompt``; record every block's lookup per kind.
+        Returns (blocks found and read back, False if the run's end cut the loads short)."""
+        cache = self.cache
+        found = 0
+        for block in prompt:  # longest_cached_prefix, but read as we go: found AND read back
+            if not block.closed or not cache.contains(block.key):
+                break
             if self.ending.is_set():
-                return False
-            if self.cache.read(entry.key, kind) is None:
-                self.cache.put(entry.key, entry.tokens)  # evicted: recompute and store again
-        return True
+                return found, False
+            if cache.read(block.key, None) is None:  # gone or unreadable since: the hit ends here
+                break
+            self._record(block, True, time.perf_counter_ns())
+            found += 1
+        now = time.perf_counter_ns()
+        for block in prompt[found:]:
+            self._record(block, False, now)
+        return found, True
+
+    def _record(self, block: Block, hit: bool, t_ns: int) -> None:
+        for i, (kind, tokens) in enumerate(block.kind_tokens):
+            self.recorder.lookup(kind, hit, t_ns, tokens, blocks=1 if i == 0 else 0)
+
+    def _extend(self, seq: BlockSequence, segments) -> tuple[list[Block], bool]:
+        """Add ``segments`` to ``seq``; returns the changed blocks and whether the stored open
+        tail went stale (its tokens are in a closed block now and no new tail took its slot)."""
+        had_tail, before = seq.has_tail, seq.total_tokens
+        changed = seq.extend(segments)
+        self._grow(seq.total_tokens - before)
+        return changed, had_tail and not seq.has_tail
 
     def _grow(self, delta: int) -> None:
         with self._lock:
             self._live_tokens += delta
             self.peak_live_tokens = max(self.peak_live_tokens, self._live_tokens)
 
-    def _store(self, layout: ConversationLayout, tokens: int) -> bool:
-        """Write the entries that hold ``tokens`` more; False if the run's end cut it short."""
-        self._grow(tokens)
-        for entry in layout.append(tokens):
+    def _store(self, blocks: Sequence[Block], stale: BlockSequence | None = None) -> bool:
+        """Write ``blocks``: closed ones put-if-absent (shared), the open tail in place; then
+        delete ``stale``'s former tail entry, if given. False if the run's end cut it short."""
+        if stale is not None:
+            self.cache.discard(stale.tail_key)
+        for block in blocks:
             if self.ending.is_set():
                 return False
-            self.cache.put(entry.key, entry.tokens)
+            self.cache.put(block.key, block.tokens, shared=block.closed)
         return True
 
-    def _decode(self, req: Request, layout: ConversationLayout) -> tuple[int, int, bool]:
+    def _decode(self, req: Request, prompt: Sequence[Block]) -> tuple[int, int, bool]:
         """Pace generation. Returns (generation ns, ns spent re-reading KV in the reference
         model, False if the run's end cut the pacing or the re-reads short)."""
         t0 = time.perf_counter_ns()
@@ -105,9 +167,19 @@ class RequestServer:
                 step = min(REFERENCE_REREAD_TOKENS, left)
                 done = not self.ending.wait(step * self.per_token_s)
                 t = time.perf_counter_ns()
-                done = done and self._load(layout, "decode")
+                done = done and self._reread(prompt)
                 reread += time.perf_counter_ns() - t
                 left -= step
         elif self.per_token_s:
             done = not self.ending.wait(req.generate_tokens * self.per_token_s)
         return time.perf_counter_ns() - t0 - reread, reread, done
+
+    def _reread(self, prompt: Sequence[Block]) -> bool:
+        """The reference model's re-read of the whole prompt (lookup kind ``decode``); a block
+        evicted meanwhile is recomputed and stored again. False if the run's end cut it short."""
+        for block in prompt:
+            if self.ending.is_set():
+                return False
+            if self.cache.read(block.key, "decode", block.tokens) is None:
+                self.cache.put(block.key, block.tokens, shared=block.closed)
+        return True

@@ -23,12 +23,13 @@ GENERATION_MODES = ("none", "fast", "realistic")
 READ_MODELS = ("once", "reference")
 FILE_IO_MODES = ("auto", "direct", "buffered")
 PROFILES = ("latency", "throughput", "none")
+WORKLOADS = ("chat", "rag")
 
 
 @dataclass(frozen=True)
 class Option:
     name: str  # settings field; CLI --kv-<name with - for _>; ini kv_<name>; env KVCACHE_<NAME>
-    kind: str  # int, posint, nonneg, posfloat, choice, str, path, list
+    kind: str  # int, count (int >= 0), posint, nonneg, posfloat, choice, str, path, list
     default: Any
     help: str
     choices: tuple = ()
@@ -64,6 +65,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("chunk_tokens", "int", 256, "tokens per KV chunk (0 = one entry per request segment, as the MLPerf reference)"),
     Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
     Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
+    Option("workload", "choice", "chat", "chat: the personas' multi-turn conversations, shaped by the prompt options below; rag: documents stored before the window, queries that load their top-k documents then ask a question (scenarios/test_rag.py sets it for itself)", WORKLOADS),
+    Option("system_prompt_tokens", "count", 0, "tokens of one system prompt shared by every request (its KV blocks are stored once and hit by all; 0 = none)"),
+    Option("prefix_pool", "count", 0, "number of shared prefix prompts (seed 000's pool); each conversation draws one (0 = no pool; needs --kv-prefix-tokens)"),
+    Option("prefix_tokens", "count", 0, "tokens of each prefix of the pool (needs --kv-prefix-pool 1 or more)"),
+    Option("input_tokens_mean", "nonneg", 0.0, "mean of each turn's new prompt tokens, a positive normal draw (0 = uniform in the personas' ranges)"),
+    Option("input_tokens_stddev", "nonneg", 0.0, "standard deviation of each turn's new prompt tokens (needs --kv-input-tokens-mean)"),
+    Option("output_tokens_mean", "nonneg", 0.0, "mean of each turn's generated tokens, a positive normal draw (0 = uniform in the personas' ranges)"),
+    Option("output_tokens_stddev", "nonneg", 0.0, "standard deviation of each turn's generated tokens (needs --kv-output-tokens-mean)"),
+    Option("rag_documents", "posint", 10, "RAG: documents stored before the window (--kv-workload rag)"),
+    Option("rag_doc_tokens_min", "count", 0, "RAG: smallest document in tokens (0 = 4,000, or 1,024 for models of 64 layers or more)"),
+    Option("rag_doc_tokens_max", "count", 0, "RAG: largest document in tokens (0 = 12,000, or 4,096 for models of 64 layers or more)"),
+    Option("rag_top_k", "posint", 2, "RAG: documents each query retrieves (Zipf-skewed, distinct; at most --kv-rag-documents)"),
     Option("max_inflight", "int", 0, "at most this many requests in service at once; the rest wait in the queue (0 = no limit)"),
     Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
     Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
@@ -97,6 +110,18 @@ class Settings:
     chunk_tokens: int = 256
     requests_per_user: int = 500
     think_time_scale: float = 1.0
+    workload: str = "chat"
+    system_prompt_tokens: int = 0
+    prefix_pool: int = 0
+    prefix_tokens: int = 0
+    input_tokens_mean: float = 0.0
+    input_tokens_stddev: float = 0.0
+    output_tokens_mean: float = 0.0
+    output_tokens_stddev: float = 0.0
+    rag_documents: int = 10
+    rag_doc_tokens_min: int = 0
+    rag_doc_tokens_max: int = 0
+    rag_top_k: int = 2
     max_inflight: int = 0
     io_block_mb: float = 4.0
     file_io_mode: str = "auto"
@@ -108,6 +133,7 @@ class Settings:
     verify: bool = False
     models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
     threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini
+    explicit: frozenset = field(default=frozenset(), compare=False)  # options the user set (any source)
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -116,6 +142,29 @@ class Settings:
     def cache_root(self) -> Path:
         """``--kv-cache-dir``, else ``default_cache_root()`` (which may raise ConfigError)."""
         return Path(self.cache_dir) if self.cache_dir else default_cache_root()
+
+    def check_workload(self) -> None:
+        """Checks across the workload options; raises ConfigError naming the fix."""
+        if self.prefix_tokens and not self.prefix_pool:
+            raise ConfigError(f"--kv-prefix-tokens is {self.prefix_tokens} but the prefix pool is empty (--kv-prefix-pool 0); "
+                              "set --kv-prefix-pool to the number of shared prefixes (1 or more), or --kv-prefix-tokens 0 "
+                              "for no prefix.")
+        if self.prefix_pool and not self.prefix_tokens:
+            raise ConfigError(f"--kv-prefix-pool is {self.prefix_pool} but its prefixes have 0 tokens; set --kv-prefix-tokens "
+                              "to their length (e.g. 1024), or --kv-prefix-pool 0 for no pool.")
+        for side in ("input", "output"):
+            if getattr(self, f"{side}_tokens_stddev") and not getattr(self, f"{side}_tokens_mean"):
+                raise ConfigError(f"--kv-{side}-tokens-stddev is set but --kv-{side}-tokens-mean is 0 (the personas' "
+                                  f"ranges); set --kv-{side}-tokens-mean too, or drop the stddev.")
+            if 0 < getattr(self, f"{side}_tokens_mean") < 1:
+                raise ConfigError(f"--kv-{side}-tokens-mean must be at least 1 token (or 0 for the personas' ranges).")
+        if self.rag_top_k > self.rag_documents:
+            raise ConfigError(f"--kv-rag-top-k {self.rag_top_k} is larger than --kv-rag-documents {self.rag_documents}: a "
+                              "query cannot retrieve more distinct documents than exist; lower --kv-rag-top-k or raise "
+                              "--kv-rag-documents.")
+        if self.rag_doc_tokens_min and self.rag_doc_tokens_max and self.rag_doc_tokens_min > self.rag_doc_tokens_max:
+            raise ConfigError(f"--kv-rag-doc-tokens-min {self.rag_doc_tokens_min} is above --kv-rag-doc-tokens-max "
+                              f"{self.rag_doc_tokens_max}; swap them or raise the maximum.")
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
@@ -208,13 +257,13 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
         raise ConfigError(f"{where} must be a number, not {raw!r}; for example {opt.flag} {opt.default}.") from None
     if not math.isfinite(number):
         raise ConfigError(f"{where} must be a finite number, not {raw!r}.")
-    if opt.kind in ("int", "posint"):
+    if opt.kind in ("int", "posint", "count"):
         if number != int(number):
             raise ConfigError(f"{where} must be a whole number, not {raw!r}.")
         number = int(number)
         if opt.kind == "posint" and number < 1:
             raise ConfigError(f"{where} must be at least 1, not {raw!r}; for example {opt.flag} {opt.default}.")
-        if opt.name in ("chunk_tokens", "max_inflight") and number < 0:
+        if (opt.kind == "count" or opt.name in ("chunk_tokens", "max_inflight")) and number < 0:
             raise ConfigError(f"{where} must be 0 or more, not {raw!r}.")
         return number
     number = float(number)
@@ -291,7 +340,10 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
     source = sources["threshold"]
     label = next((short for prefix, short in (("command line", "cli"), ("environment", "env"), ("--kv-config", "yaml"),
                                               ("ini", "ini")) if source.startswith(prefix)), source)
-    return Settings(**values, models=models, threshold_source=label)
+    settings = Settings(**values, models=models, threshold_source=label,
+                        explicit=frozenset(n for n, src in sources.items() if src != "default"))
+    settings.check_workload()
+    return settings
 
 
 def validate_changes(changes: dict, source: str) -> dict:

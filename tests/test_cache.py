@@ -173,7 +173,8 @@ def test_read_hit_and_miss_are_recorded(ctx):
     assert cache.read("a", "prefix") == "gpu"
     assert cache.read("nope", "prefix") is None
     assert cache.read("nope", "multi_turn") is None
-    assert rec.lookups == {"prefix": [1, 1], "multi_turn": [0, 1]}
+    # [hit blocks, missed blocks, hit tokens, missed tokens]: a miss's tokens are unknown (0)
+    assert rec.lookups == {"prefix": [1, 1, 10, 0], "multi_turn": [0, 1, 0, 0]}
     assert total(rec, "gpu", "read") == 1
     assert rec.window[("gpu", "read")].tokens == 10
     assert rec.window[("gpu", "read")].bytes == 100
@@ -289,7 +290,7 @@ def test_concurrent_puts_and_reads_keep_the_invariants(ctx, shared_keys):
         _check_quiescent(cache)
     assert total(rec, "gpu", "demote_read") > 0
     assert total(rec, "nvme", "evict") > 0
-    hits, misses = rec.lookups["multi_turn"]
+    hits, misses, _, _ = rec.lookups["multi_turn"]
     assert hits > 0 and misses > 0
 
 
@@ -450,3 +451,39 @@ def test_ios_cut_by_the_run_ending_count_their_transfers_but_store_and_drop_noth
     cache.end_promptly()
     assert ctx.ending.is_set()
     be.close()
+
+
+# -- shared (content-addressed) blocks ------------------------------------------------
+
+def test_shared_put_of_a_stored_key_writes_nothing(ctx):
+    cache, rec = make_cache(ctx, 1000, 1000)
+    assert cache.put("blk", 10, shared=True) == "gpu"
+    assert cache.put("blk", 10, shared=True) == "gpu"  # already stored: where it is
+    assert total(rec, "gpu", "write") == 1 and total(rec, "gpu", "delete") == 0
+    assert rec.run_counters["shared_present"] == 1
+    assert cache.put("blk", 10) == "gpu"  # a plain put still replaces (the private tail's path)
+    assert total(rec, "gpu", "write") == 2 and total(rec, "gpu", "delete") == 1
+
+
+def test_concurrent_shared_puts_store_a_key_once(ctx):
+    """Users that miss the same block at once: one writes, the others wait for that write."""
+    cache, rec = make_cache(ctx, 1 << 20, latency_s=0.05)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.put("blk", 10, shared=True)))
+               for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert results == ["gpu"] * 6
+    assert total(rec, "gpu", "write") == 1
+    assert rec.run_counters["shared_present"] == 5
+    assert cache.check_invariants() == []
+
+
+def test_discard_deletes_a_stale_tail(ctx):
+    cache, rec = make_cache(ctx, 1000)
+    cache.put("c.tail", 5)
+    assert cache.discard("c.tail") is True and not cache.contains("c.tail")
+    assert cache.discard("c.tail") is False
+    assert total(rec, "gpu", "delete") == 1 and cache.check_invariants() == []

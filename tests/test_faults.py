@@ -70,7 +70,7 @@ def test_read_error_is_an_error_and_a_miss_never_a_hit():
     cache.put("good", 4)
     assert cache.read("bad", "multi_turn") is None
     assert cache.read("good", "multi_turn") == "cpu"
-    assert rec.lookups["multi_turn"] == [1, 1]
+    assert rec.lookups["multi_turn"] == [1, 1, 4, 4]  # the failed read's 4 tokens are a miss
     assert rec.error_count == 1 and "injected I/O error" in rec.errors[0]
     assert not cache.contains("bad") and cache.check_invariants() == []
 

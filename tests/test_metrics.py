@@ -25,9 +25,10 @@ def fed() -> Recorder:
     rec.io("nvme", "write", IOResult(1_000_000, S + 30 * MS, 4 * MS), 10)
     rec.io("nvme", "evict", IOResult(1_000_000, S + 31 * MS, MS), 10)
     for _ in range(3):
-        rec.lookup("multi_turn", True, S + MS)
-    rec.lookup("multi_turn", False, S + MS)
-    rec.lookup("prefix", False, S + MS)
+        rec.lookup("multi_turn", True, S + MS, 100)
+    rec.lookup("multi_turn", False, S + MS, 100)
+    rec.lookup("prefix", False, S + MS, 100)
+    rec.lookup("new", False, S + MS, 500)  # this turn's text: not in the headline
     rec.request(S + 40 * MS, {"e2e": 30 * MS, "queue_wait": MS}, {"requests": 1, "generated_tokens": 60})
     rec.request(S + 50 * MS, {"e2e": 50 * MS, "queue_wait": 3 * MS}, {"requests": 1, "generated_tokens": 40})
     rec.close_window(3 * S)
@@ -97,8 +98,25 @@ def test_hit_rates_overall_and_by_kind():
     assert flat["cache.hit_rate.multi_turn"] == pytest.approx(0.75)
     assert flat["cache.hit_rate.prefix"] == 0.0
     assert summary["cache_hit_rate"] == pytest.approx(0.6)
-    assert summary["hit_rates"] == {"cache.hit_rate.multi_turn": 0.75, "cache.hit_rate.prefix": 0.0}
-    assert summary["cache_lookups"]["multi_turn"] == {"hits": 3, "misses": 1}
+    assert flat["cache.hit_rate.new"] == 0.0 and flat["cache.block_hit_rate.multi_turn"] == pytest.approx(0.75)
+    assert summary["hit_rates"] == {"multi_turn": {"tokens": 0.75, "blocks": 0.75},
+                                    "new": {"tokens": 0.0, "blocks": 0.0},
+                                    "prefix": {"tokens": 0.0, "blocks": 0.0}}
+    assert summary["cache_lookups"]["multi_turn"] == {"hits": 3, "misses": 1, "hit_tokens": 300, "missed_tokens": 100}
+
+
+def test_hit_rate_is_in_tokens_and_blocks_apart():
+    rec = Recorder()
+    rec.open_window(0)
+    rec.lookup("prefix", True, 1, 256)   # a full block found and read back
+    rec.lookup("prefix", False, 1, 10)   # a short block missed
+    rec.lookup("rag", True, 1, 30, blocks=0)  # the same block's rag tokens: no second block
+    rec.close_window(10)
+    flat, summary = compute(rec, ["cpu"])
+    assert flat["cache.hit_rate.prefix"] == pytest.approx(256 / 266)
+    assert flat["cache.block_hit_rate.prefix"] == 0.5
+    assert flat["cache.hit_rate"] == pytest.approx((256 + 30) / 296)
+    assert "cache.block_hit_rate.rag" not in flat and summary["hit_rates"]["rag"] == {"tokens": 1.0, "blocks": None}
 
 
 def test_requests_system_throughput_and_read_amplification():

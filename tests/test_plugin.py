@@ -429,3 +429,54 @@ def no_memory_for_the_arena(monkeypatch):
                                  "*kvcache session report*", "storage-only [[]PASSED]*", "*JSON report:*"])
     assert [s["name"] for s in report(pytester)["scenarios"]] == ["storage-only"]
     assert list(cache_dir.iterdir()) == []
+
+
+WORKLOAD_SCENARIOS = """
+import pytest
+
+@pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
+def test_chat(kv_tiers, kv_run):
+    kv_run(kv_tiers, defaults={"system_prompt_tokens": 512, "prefix_pool": 1, "prefix_tokens": 512})
+
+@pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
+def test_rag(kv_tiers, kv_run):
+    kv_run(kv_tiers, settings={"workload": "rag", "rag_documents": 3, "rag_doc_tokens_max": 1024})
+
+@pytest.mark.slow
+def test_sweep():
+    pass
+"""
+
+
+def test_shared_prefix_hits_are_real_reads_and_rag_runs_for_its_scenario_only(pytester, cache_dir):
+    pytester.makepyfile(test_scn=WORKLOAD_SCENARIOS)
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-requests-per-user", "6",
+                                "--kv-profile", "none", "--kv-users", "2", "--kv-duration", "2")
+    result.assert_outcomes(passed=2, skipped=1)  # the slow one is skipped without -m
+    chat, rag = report(pytester)["scenarios"]
+    bpt = chat["model"]["bytes_per_token"]
+    hits = chat["summary"]["cache_lookups"]["prefix"]
+    assert hits["hit_tokens"] > 0 and chat["summary"]["hit_rates"]["prefix"]["tokens"] > 0
+    # a hit is a read of a stored block: the nvme reads in the window hold at least the hit tokens
+    assert chat["summary"]["tiers"]["nvme"]["read"]["bytes"] >= hits["hit_tokens"] * bpt
+    dev = chat["device_counters"]
+    if dev.get("read_ratio") is not None and dev.get("read_ratio_reason") is None:
+        assert dev["read_ratio"] >= 0.9  # the device saw those reads (O_DIRECT or page cache dropped)
+    assert "rag" not in chat["summary"]["hit_rates"] and chat["settings"]["workload"] == "chat"
+    assert rag["settings"]["workload"] == "rag" and rag["summary"]["hit_rates"]["rag"]["tokens"] > 0
+    assert rag["summary"]["retrieval_latency_ms"]["p95"] > 0
+    assert rag["trace"]["sha256"] != chat["trace"]["sha256"]
+
+
+def test_rag_hit_rate_criterion_is_na_for_chat_and_judged_for_rag(pytester, cache_dir):
+    pytester.makepyfile(test_scn=WORKLOAD_SCENARIOS)
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-profile", "none",
+                                "--kv-threshold", "cache.hit_rate.rag>=1%", "--kv-threshold", "cache.hit_rate.prefix>=1%",
+                                "-m", "not slow")
+    result.assert_outcomes(passed=2, deselected=1)
+    chat, rag = report(pytester)["scenarios"]
+    status = {s["nodeid"].split("::")[1]: {o["metric"]: o["status"] for o in s["criteria"]} for s in (chat, rag)}
+    assert status["test_chat[storage-only]"]["cache.hit_rate.rag"] == "n/a"
+    assert status["test_chat[storage-only]"]["cache.hit_rate.prefix"] == "pass"
+    assert status["test_rag[storage-only]"]["cache.hit_rate.rag"] == "pass"
+    assert status["test_rag[storage-only]"]["cache.hit_rate.prefix"] == "n/a"

@@ -96,14 +96,15 @@ def test_window_latency_series_is_bounded_too():
 
 def test_lookups_only_inside_the_window():
     rec = Recorder()
-    rec.lookup("prefix", True, 5)  # before the window
+    rec.lookup("prefix", True, 5, 7)  # before the window
     rec.open_window(100)
-    rec.lookup("prefix", True, 100)
-    rec.lookup("prefix", False, 150)
-    rec.lookup("multi_turn", True, 200)
+    rec.lookup("prefix", True, 100, 256)
+    rec.lookup("prefix", False, 150, 20)
+    rec.lookup("multi_turn", True, 200, 3)
     rec.close_window(300)
-    rec.lookup("prefix", True, 301)  # after the window
-    assert rec.lookups == {"prefix": [1, 1], "multi_turn": [1, 0]}
+    rec.lookup("prefix", True, 301, 9)  # after the window
+    # [hit blocks, missed blocks, hit tokens, missed tokens]
+    assert rec.lookups == {"prefix": [1, 1, 256, 20], "multi_turn": [1, 0, 3, 0]}
 
 
 def test_requests_and_their_counters_only_inside_the_window():

@@ -1,5 +1,6 @@
 """Runner: closed-loop users replaying a trace against mock tiers."""
 
+import re
 import threading
 
 import pytest
@@ -11,7 +12,7 @@ from pytest_kvcache.errors import BackendError
 from pytest_kvcache.payload import NoiseSource, StagingBuffers
 from pytest_kvcache.recorder import Recorder
 from pytest_kvcache.runner import RunConfig, Runner
-from pytest_kvcache.workload import Request, Trace, WorkloadParams, generate_trace
+from pytest_kvcache.workload import BlockSequence, Request, Trace, WorkloadParams, generate_trace
 
 CTX = BackendContext(noise=NoiseSource(1, size=1 << 20), staging=StagingBuffers(1 << 16))
 BPT = 16
@@ -53,8 +54,11 @@ def test_every_request_finishes_and_the_run_ends_with_the_trace():
     assert rec.total[("gpu", "write")][0] > 0
     assert rec.total[("gpu", "read")][0] > 0
     assert ("cpu", "write") not in rec.total  # everything fit in the first tier
-    hits, misses = rec.lookups["multi_turn"]
-    assert hits > 0 and misses == 0  # multi-turn hit rate 1.0: every history chunk was stored
+    hit_blocks, miss_blocks, hit_tokens, _ = rec.lookups["multi_turn"]
+    assert hit_blocks > 0 and hit_tokens > 0
+    # every closed history block was stored: a turn misses at most its former open tail
+    # (vLLM keys full blocks only), one block per later turn
+    assert miss_blocks <= sum(r.turn > 1 for r in trace.requests())
     assert rec.counters["requests"] == 15  # no warm-up: every request counts in the window
     assert rec.window[("gpu", "write")].count == rec.total[("gpu", "write")][0]
     assert rec.window_start_ns == info.started_ns
@@ -64,11 +68,12 @@ def test_every_request_finishes_and_the_run_ends_with_the_trace():
 
 def test_every_stored_token_is_accounted():
     info, rec, cache, trace = run()
-    # the last version of every conversation's chunks is in the cache: one key per chunk
+    # every token is in exactly one stored block: closed blocks by content key, each
+    # conversation's open tail under its private key (a stale tail is deleted)
     stored = sum(e.tokens for t in cache.tiers for e in t.entries.values())
     expected = sum(r.context_tokens + r.generate_tokens for r in trace.requests())
     assert stored == expected
-    assert all(k.startswith("u000") and ".k" in k for k in cache._index)
+    assert all(re.fullmatch(r"[0-9a-f]{24}|u\d{4}c\d{4}\.tail", k) for k in cache._index)
 
 
 def test_small_budgets_demote_and_evict_but_keep_invariants():
@@ -125,7 +130,9 @@ def test_a_backend_error_ends_the_run_and_is_reported():
 def test_a_failed_read_is_a_miss_the_chunk_is_recomputed_and_the_run_goes_on():
     trace = generate_trace(params())
     first = trace.per_user[0][0]
-    key = f"{first.conversation_id}.k00000"
+    seq = BlockSequence(256, first.conversation_id)
+    seq.extend([*first.prompt_segments(), first.output_segment()])
+    key = seq.blocks()[0].key  # the conversation's first block, as stored after turn 1
     info, rec, cache, _ = run(options={"fail_read_keys": [key]})
     assert info.trace_exhausted and info.errors == []
     if trace.per_user[0][1].conversation_id == first.conversation_id:  # a second turn loads it
@@ -138,11 +145,11 @@ def test_a_failed_read_is_a_miss_the_chunk_is_recomputed_and_the_run_goes_on():
 def test_one_entry_per_turn_mode():
     info, rec, cache, trace = run(chunk_tokens=0)
     assert info.trace_exhausted
-    assert all(".s" in k for k in cache._index)
-    # context and generated tokens are two segments per request
+    # context and generated tokens are two closed blocks per request (no open tail)
     assert len(cache._index) == 2 * len(trace)
-    hits, misses = rec.lookups["multi_turn"]
-    assert hits > 0 and misses == 0
+    assert not any(k.endswith(".tail") for k in cache._index)
+    hits, misses, _, missed_tokens = rec.lookups["multi_turn"]
+    assert hits > 0 and misses == 0 and missed_tokens == 0
     assert cache.check_invariants() == []
 
 
@@ -372,10 +379,10 @@ def test_decode_rereads_stay_out_of_the_headline_hit_rate():
     # of what was just loaded hit: counting them would raise the headline rate
     info, rec, _, _ = run(caps=(8 * 1024, 16 * 1024, 64 * 1024), read_model="reference")
     assert info.trace_exhausted and info.errors == []
-    (mt_hits, mt_misses), (dec_hits, dec_misses) = rec.lookups["multi_turn"], rec.lookups["decode"]
+    (*_, mt_hits, mt_misses), (*_, dec_hits, dec_misses) = rec.lookups["multi_turn"], rec.lookups["decode"]
     assert mt_misses > 0 and dec_hits > 0
     flat, summary = compute(rec, ["gpu", "cpu", "nvme"])
-    assert flat["cache.hit_rate"] == mt_hits / (mt_hits + mt_misses)
+    assert flat["cache.hit_rate"] == mt_hits / (mt_hits + mt_misses)  # tokens
     with_decode = (mt_hits + dec_hits) / (mt_hits + mt_misses + dec_hits + dec_misses)
     assert flat["cache.hit_rate"] != with_decode
     assert flat["cache.hit_rate.decode"] == dec_hits / (dec_hits + dec_misses)  # still shown on its own

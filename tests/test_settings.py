@@ -155,6 +155,25 @@ NATURAL_YAML = {
     "plots": ("plots", "plots"),
     "verify": ("yes", True),  # YAML reads yes as the boolean true
     "allow_memory_fs": ("on", True),  # YAML reads on as the boolean true
+    "workload": ("rag", "rag"),
+    "system_prompt_tokens": ("2048", 2048),
+    "prefix_pool": ("5", 5),
+    "prefix_tokens": ("1024", 1024),
+    "input_tokens_mean": ("300", 300.0),
+    "input_tokens_stddev": ("50.5", 50.5),
+    "output_tokens_mean": ("128", 128.0),
+    "output_tokens_stddev": ("16", 16.0),
+    "rag_documents": ("20", 20),
+    "rag_doc_tokens_min": ("1000", 1000),
+    "rag_doc_tokens_max": ("3000", 3000),
+    "rag_top_k": ("4", 4),
+}
+# options that are valid only with another one set (checked across options): that one's value
+COMPANIONS = {
+    "prefix_pool": {"prefix_tokens": "1024"},
+    "prefix_tokens": {"prefix_pool": "5"},
+    "input_tokens_stddev": {"input_tokens_mean": "300"},
+    "output_tokens_stddev": {"output_tokens_mean": "128"},
 }
 YAML_OPTIONS = [o for o in OPTIONS if o.name != "config"]  # the config file cannot name itself
 
@@ -169,13 +188,15 @@ def _from_yaml(tmp_path, text: str):
 def test_every_option_accepts_its_natural_yaml_value(tmp_path, opt):
     text, expected = NATURAL_YAML[opt.name]
     assert expected != opt.default, "pick a value that differs from the default"
-    assert getattr(_from_yaml(tmp_path, f"{opt.name}: {text}\n"), opt.name) == expected
+    extra = "".join(f"{k}: {v}\n" for k, v in COMPANIONS.get(opt.name, {}).items())
+    assert getattr(_from_yaml(tmp_path, f"{opt.name}: {text}\n{extra}"), opt.name) == expected
 
 
 @pytest.mark.parametrize("opt", YAML_OPTIONS, ids=lambda o: o.name)
 @pytest.mark.parametrize("null", ["null", "~", ""])
 def test_yaml_null_leaves_an_option_unset(tmp_path, opt, null):
-    ini = {opt.name: {"list": ["cache.hit_rate>=1%"], "flag": True}.get(opt.kind, NATURAL_YAML[opt.name][0])}
+    ini = {opt.name: {"list": ["cache.hit_rate>=1%"], "flag": True}.get(opt.kind, NATURAL_YAML[opt.name][0]),
+           **COMPANIONS.get(opt.name, {})}
     cfg = tmp_path / "kv.yaml"
     cfg.write_text(f"{opt.name}: {null}\n")
     s = build_settings({"config": str(cfg)}, ini, {})
@@ -257,3 +278,20 @@ def test_a_bad_ini_flag_names_its_key(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--kv-verify (ini kv_verify) must be true or false" in result.stderr.str()
+
+
+@pytest.mark.parametrize(("cli", "match"), [
+    ({"prefix_tokens": "512"}, "--kv-prefix-pool to the number of shared prefixes"),
+    ({"prefix_pool": "4"}, "set --kv-prefix-tokens"),
+    ({"prefix_pool": "-1"}, "--kv-prefix-pool .* must be 0 or more"),
+    ({"system_prompt_tokens": "-5"}, "--kv-system-prompt-tokens .* must be 0 or more"),
+    ({"rag_top_k": "11"}, "lower --kv-rag-top-k or raise --kv-rag-documents"),
+    ({"rag_top_k": "3", "rag_documents": "2"}, "larger than --kv-rag-documents 2"),
+    ({"input_tokens_stddev": "10"}, "set --kv-input-tokens-mean too"),
+    ({"output_tokens_mean": "-1"}, "--kv-output-tokens-mean .* must be 0 or more"),
+    ({"rag_doc_tokens_min": "5000", "rag_doc_tokens_max": "100"}, "swap them"),
+    ({"workload": "sharegpt"}, "must be one of chat, rag"),
+])
+def test_bad_workload_options_name_the_fix(cli, match):
+    with pytest.raises(ConfigError, match=match):
+        build_settings(cli, {}, {})

@@ -15,6 +15,7 @@ from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.workload import (
     PERSONAS,
     QOS_CLASSES,
+    TRACE_FORMAT,
     ConversationLayout,
     Entry,
     WorkloadParams,
@@ -121,7 +122,7 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.sha256() == trace.sha256()
     assert loaded.per_user == trace.per_user and loaded.params == trace.params
     lines = path.read_text().splitlines(keepends=True)
-    assert json.loads(lines[0])["kvcache_trace"] == 1
+    assert json.loads(lines[0])["kvcache_trace"] == TRACE_FORMAT == 2
     assert hashlib.sha256("".join(lines[1:]).encode()).hexdigest() == trace.sha256()
 
 
@@ -222,3 +223,19 @@ def test_layout_rejects_bad_input():
         ConversationLayout("ok", -1)
     with pytest.raises(ValueError):
         ConversationLayout("ok", 16).append(-1)
+
+
+def test_format_1_files_still_load_with_their_hash(tmp_path):
+    """Format 1 had no segments: each turn's new text is private, which is what a request
+    without segments means now, so the lines and the hash are unchanged."""
+    trace = _trace()
+    path = tmp_path / "old.jsonl"
+    save_jsonl(trace, path)
+    lines = path.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    lines[0] = json.dumps({"kvcache_trace": 1, "params": header["params"]}) + "\n"
+    path.write_text("".join(lines))
+    back = load_jsonl(path)
+    assert back.sha256() == trace.sha256() and back.params.to_dict() == trace.params.to_dict()
+    first = next(iter(back))
+    assert [s.source for s in first.prompt_segments()] == [f"{first.conversation_id}.in{first.turn}"]

@@ -40,6 +40,7 @@ Errors: ``PromptParams`` raises ``ConfigError`` with a one-paragraph message nam
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -48,7 +49,9 @@ from ..errors import ConfigError
 from ..rng import derive
 from .blocks import Segment
 from .personas import DEFAULT_PERSONA_MIX, PERSONA_QOS, PERSONAS, QOS_CLASSES
-from .trace import Request, Trace, _between, _unit
+from .trace import Request, Trace
+from .trace import between as _between
+from .trace import unit as _unit
 
 _STREAMS = ("input_length", "output_length", "corpus", "prefix", "persona", "turns", "think", "qos")
 
@@ -212,6 +215,7 @@ def _user_requests(p: PromptParams, u: int) -> list[PromptRequest]:
             prefix_id=prefix_id,
             corpus_start=raw["corpus"][i] % p.corpus_tokens if p.corpus_tokens else None,
         ))
+        out[-1] = dataclasses.replace(out[-1], segments=tuple(prompt_segments(out[-1], p)))
     return out
 
 

@@ -27,6 +27,7 @@ empty or inverted ranges, a negative skew).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -34,7 +35,9 @@ from ..errors import ConfigError
 from ..rng import derive
 from .blocks import Segment
 from .personas import PERSONA_QOS, PERSONAS
-from .trace import Request, Trace, _between, _unit
+from .trace import Request, Trace
+from .trace import between as _between
+from .trace import unit as _unit
 
 SMALL_MODEL_DOC_TOKENS = (4000, 12000)
 LARGE_MODEL_DOC_TOKENS = (1024, 4096)
@@ -154,6 +157,7 @@ def _user_requests(p: RagParams, u: int, docs: list[Document]) -> list[Request]:
     questions, answers = s["question"].random_raw(n).tolist(), s["answer"].random_raw(n).tolist()
     thinks = s["think"].random_raw(n).tolist()
     lo, hi = PERSONAS[_PERSONA].think_time_s
+    by_id = {d.doc_id: d for d in docs}
     out = []
     for i in range(n):
         picked = zipf_top_k(retrieval[i * k:(i + 1) * k], len(docs), p.zipf_s)
@@ -165,6 +169,7 @@ def _user_requests(p: RagParams, u: int, docs: list[Document]) -> list[Request]:
             think_time_s=round((lo + _unit(thinks[i]) * (hi - lo)) * p.think_time_scale, 6),
             rag_chunk_ids=tuple(docs[j].doc_id for j in picked),
         ))
+        out[-1] = dataclasses.replace(out[-1], segments=tuple(rag_segments(out[-1], by_id, p.system_prompt_tokens)))
     return out
 
 
@@ -172,7 +177,8 @@ def generate_rag_trace(params: RagParams) -> tuple[list[Document], Trace]:
     """The documents to ingest and the query trace: a pure function of ``params``."""
     params.validate()
     docs = make_documents(params)
-    return docs, Trace(params, [_user_requests(params, u, docs) for u in range(params.users)])
+    return docs, Trace(params, [_user_requests(params, u, docs) for u in range(params.users)],
+                       tuple(d.segment() for d in docs))
 
 
 def rag_segments(req: Request, documents: dict[str, Document], system_prompt_tokens: int = 0) -> list[Segment]:

@@ -27,9 +27,13 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..rng import derive
+from .blocks import Segment
 from .personas import DEFAULT_PERSONA_MIX, PERSONA_QOS, PERSONAS, QOS_CLASSES
 
-TRACE_FORMAT = 1
+TRACE_FORMAT = 2
+"""Format 2 adds each request's prompt ``segments`` and the trace's RAG ``documents``; format 1
+files (no segments: each turn's new text is private, as before) still load."""
+_READABLE_FORMATS = (1, 2)
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")  # ids end up inside cache keys and file names
 _INV_2_53 = 1.0 / (1 << 53)
 
@@ -63,6 +67,18 @@ class Request:
     think_time_s: float
     prefix_id: str | None = None
     rag_chunk_ids: tuple[str, ...] = ()
+    segments: tuple[Segment, ...] = ()
+
+    def prompt_segments(self) -> tuple[Segment, ...]:
+        """What this turn adds to its conversation's prompt before the lookup (``blocks.Segment``):
+        ``segments`` when the generator set them, else this turn's private new text."""
+        if self.segments:
+            return self.segments
+        return (Segment("new", f"{self.conversation_id}.in{self.turn}", self.context_tokens),)
+
+    def output_segment(self) -> Segment:
+        """The turn's generated tokens, stored after decode (history for the next turn)."""
+        return Segment("output", f"{self.conversation_id}.out{self.turn}", self.generate_tokens)
 
     def to_dict(self) -> dict:
         """Optional fields are written only when set, so adding one later keeps old hashes."""
@@ -81,6 +97,8 @@ class Request:
             out["prefix_id"] = self.prefix_id
         if self.rag_chunk_ids:
             out["rag_chunk_ids"] = list(self.rag_chunk_ids)
+        if self.segments:
+            out["segments"] = [segment_to_dict(seg) for seg in self.segments]
         return out
 
     @classmethod
@@ -112,13 +130,50 @@ class Request:
         rag = raw.get("rag_chunk_ids", [])
         if not isinstance(rag, list) or not all(isinstance(r, str) and _ID_RE.match(r) for r in rag):
             raise ConfigError(f"rag_chunk_ids must be a list of strings of [A-Za-z0-9._-], not {rag!r}")
-        return cls(**{k: raw[k] for k in _REQUIRED if k != "think_time_s"},
-                   think_time_s=round(float(think), 6), prefix_id=prefix_id, rag_chunk_ids=tuple(rag))
+        segments = raw.get("segments", [])
+        if not isinstance(segments, list):
+            raise ConfigError(f"segments must be a list of segment objects, not {segments!r}")
+        extra = {k: raw[k] for k in _EXTRA_FIELDS if k in raw}  # a subclass's fields (corpus_start)
+        target = cls
+        if extra and cls is Request:  # written by the prompt generator
+            from .prompts import PromptRequest as target
+        return target(**{k: raw[k] for k in _REQUIRED if k != "think_time_s"},
+                   think_time_s=round(float(think), 6), prefix_id=prefix_id, rag_chunk_ids=tuple(rag),
+                   segments=tuple(segment_from_dict(x) for x in segments), **extra)
 
 
 _REQUIRED = ("user_id", "seq", "conversation_id", "turn", "persona", "qos",
              "context_tokens", "generate_tokens", "think_time_s")
-_ALL_FIELDS = (*_REQUIRED, "prefix_id", "rag_chunk_ids")
+_EXTRA_FIELDS = ("corpus_start",)
+_ALL_FIELDS = (*_REQUIRED, "prefix_id", "rag_chunk_ids", "segments", *_EXTRA_FIELDS)
+_SEGMENT_FIELDS = ("kind", "source", "tokens", "start", "token_ids", "standalone")
+
+
+def segment_to_dict(seg: Segment) -> dict:
+    """A segment as JSON (defaults left out, so the canonical line stays short)."""
+    out = {"kind": seg.kind, "source": seg.source, "tokens": seg.tokens}
+    if seg.start:
+        out["start"] = seg.start
+    if seg.token_ids is not None:
+        out["token_ids"] = list(seg.token_ids)
+    if seg.standalone:
+        out["standalone"] = True
+    return out
+
+
+def segment_from_dict(raw: object) -> Segment:
+    """Validate one segment object (``Segment`` checks the values); errors name the field."""
+    if not isinstance(raw, dict) or set(raw) - set(_SEGMENT_FIELDS) or not {"kind", "source", "tokens"} <= set(raw):
+        raise ConfigError(f"a segment must be an object with kind, source and tokens (optional: start, token_ids, "
+                          f"standalone), not {raw!r}")
+    ids = raw.get("token_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(_is_int(i) for i in ids)):
+        raise ConfigError(f"segment token_ids must be a list of integers, not {ids!r}")
+    standalone = raw.get("standalone", False)
+    if not isinstance(standalone, bool):
+        raise ConfigError(f"segment standalone must be true or false, not {standalone!r}")
+    return Segment(raw["kind"], raw["source"], raw["tokens"], raw.get("start", 0),
+                   None if ids is None else tuple(ids), standalone)
 
 
 @dataclass
@@ -182,14 +237,18 @@ class WorkloadParams:
         return cls(**raw)
 
 
-def _unit(raw: int) -> float:
-    """[0, 1) from the top 53 bits of a raw 64-bit draw."""
+def unit(raw: int) -> float:
+    """[0, 1) from the top 53 bits of a raw 64-bit draw (stable across numpy versions)."""
     return (raw >> 11) * _INV_2_53
 
 
-def _between(raw: int, lo: int, hi: int) -> int:
-    """Integer in [lo, hi]; the modulo bias (span / 2**64) is far below anything measurable."""
+def between(raw: int, lo: int, hi: int) -> int:
+    """Integer in [lo, hi] from a raw 64-bit draw; the modulo bias (span / 2**64) is far below
+    anything measurable."""
     return lo + raw % (hi - lo + 1)
+
+
+_unit, _between = unit, between  # former private names, still imported by older modules
 
 
 def _user_requests(params: WorkloadParams, u: int, names: list[str], cum: list[float]) -> list[Request]:
@@ -235,11 +294,15 @@ def generate_trace(params: WorkloadParams) -> Trace:
 class Trace:
     """``per_user[u]`` is user u's requests in order. Treat as immutable: the hash is cached.
 
-    ``params`` is None for a trace that was not made by ``generate_trace`` (a hand-written file).
+    ``params`` is what the trace was generated from (``WorkloadParams``, ``prompts.PromptParams``
+    or ``rag.RagParams``), or None for a hand-written file. ``documents`` are the standalone
+    segments (RAG documents) to store before any user starts; they come first in the file and
+    the hash.
     """
 
-    params: WorkloadParams | None
+    params: object | None
     per_user: list[list[Request]]
+    documents: tuple[Segment, ...] = ()
     _sha: str | None = field(default=None, init=False, repr=False)
 
     def requests(self) -> Iterator[Request]:
@@ -255,8 +318,22 @@ class Trace:
     def __len__(self) -> int:
         return sum(map(len, self.per_user))
 
+    def lookup_kinds(self) -> set[str]:
+        """The lookup kinds this trace's prompts can hit: ``prefix`` (a system prompt, a pool
+        prefix or a per-user context), ``rag`` (documents), ``multi_turn`` (a later turn)."""
+        kinds = set()
+        for r in self.requests():
+            if r.turn > 1:
+                kinds.add("multi_turn")
+            for seg in r.prompt_segments():
+                if seg.tokens and seg.kind in ("system", "prefix", "rag"):
+                    kinds.add("rag" if seg.kind == "rag" else "prefix")
+        return kinds
+
     def lines(self) -> Iterator[str]:
         """The canonical JSONL lines (with newline) that the hash covers and files hold."""
+        for doc in self.documents:
+            yield _canonical_json({"document": segment_to_dict(doc)}) + "\n"
         for r in self.requests():
             yield _canonical_json(r.to_dict()) + "\n"
 
@@ -292,7 +369,8 @@ def save_jsonl(trace: Trace, path: str | Path) -> None:
     params = trace.params.to_dict() if trace.params is not None else None
     try:
         with path.open("w", encoding="utf-8", newline="\n") as f:
-            f.write(_canonical_json({"kvcache_trace": TRACE_FORMAT, "params": params}) + "\n")
+            generator = type(trace.params).__name__ if trace.params is not None else None
+            f.write(_canonical_json({"kvcache_trace": TRACE_FORMAT, "generator": generator, "params": params}) + "\n")
             f.writelines(trace.lines())
     except OSError as exc:
         raise ConfigError(f"cannot write trace file {path}: {exc.strerror}; choose a writable path") from exc
@@ -302,6 +380,7 @@ def load_jsonl(path: str | Path) -> Trace:
     """Read a file written by ``save_jsonl``; every error names the file, the line and the fix."""
     path = Path(path)
     header: dict | None = None
+    documents: list[Segment] = []
     found: dict[tuple[int, int], tuple[int, Request]] = {}
     try:
         with path.open(encoding="utf-8") as f:
@@ -318,14 +397,22 @@ def load_jsonl(path: str | Path) -> Trace:
                     if not isinstance(obj, dict) or "kvcache_trace" not in obj:
                         raise ConfigError(f'{where}: the first line must be the header {{"kvcache_trace": {TRACE_FORMAT}, "params": ...}}; '
                                           "write traces with save_jsonl or add the header")
-                    if obj["kvcache_trace"] != TRACE_FORMAT:
+                    if obj["kvcache_trace"] not in _READABLE_FORMATS:
                         raise ConfigError(f"{where}: trace format {obj['kvcache_trace']!r} is not supported; "
-                                          f"this version reads format {TRACE_FORMAT}: regenerate the trace")
+                                          f"this version reads formats {list(_READABLE_FORMATS)}: regenerate the trace")
                     header = obj
                     try:
-                        params = None if obj.get("params") is None else WorkloadParams.from_dict(obj["params"])
+                        params = _params_from_header(obj.get("generator"), obj.get("params"))
                     except (ConfigError, TypeError) as exc:
                         raise ConfigError(f"{where}: bad header params: {exc}") from None
+                    continue
+                if isinstance(obj, dict) and set(obj) == {"document"}:
+                    if found:
+                        raise ConfigError(f"{where}: a document line after the requests; documents come first")
+                    try:
+                        documents.append(segment_from_dict(obj["document"]))
+                    except ConfigError as exc:
+                        raise ConfigError(f"{where}: {exc}") from None
                     continue
                 try:
                     req = Request.from_dict(obj)
@@ -353,4 +440,21 @@ def load_jsonl(path: str | Path) -> Trace:
                                   "seq must run 0, 1, 2, ... for each user and user_ids 0, 1, 2, ...")
         if not reqs:
             raise ConfigError(f"trace file {path}: user_id {u} has no requests; user_ids must run 0, 1, 2, ...")
-    return Trace(params, per_user)
+    return Trace(params, per_user, tuple(documents))
+
+
+def _params_from_header(generator: str | None, raw) -> object | None:
+    """The generator's params from a trace header (format 1 headers name no generator)."""
+    if raw is None:
+        return None
+    if generator in (None, "WorkloadParams"):
+        return WorkloadParams.from_dict(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError("params must be a JSON object")
+    if generator == "PromptParams":
+        from .prompts import PromptParams
+        return PromptParams(**raw)
+    if generator == "RagParams":
+        from .rag import RagParams
+        return RagParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    raise ConfigError(f"unknown generator {generator!r}; known: WorkloadParams, PromptParams, RagParams")
