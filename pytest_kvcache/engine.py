@@ -38,6 +38,7 @@ from .workload import Trace
 MiB = 1 << 20
 
 IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_block_mb", "max_inflight",
+                       "request_rate", "queue_depth", "max_concurrent_allocs", "qos_aging", "qos",
                        "gpu_mem_gb", "cpu_mem_gb", "nvme_capacity_gb", "file_io_mode", "file_recycle",
                        "duration", "warmup", "verify")
 """Settings besides the trace that change which I/O a scenario does (the workload hash covers them)."""
@@ -180,6 +181,9 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         duration_s=settings.duration, warmup_s=settings.warmup,
         generation_mode=settings.generation_mode, read_model=settings.read_model,
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
+        request_rate=settings.request_rate, queue_depth=settings.queue_depth,
+        max_concurrent_allocs=settings.max_concurrent_allocs, qos=settings.qos_classes,
+        qos_aging_s=settings.qos_aging, seed=settings.seed,
     ), window_hooks=(device,) if device else (), on_tick=tick)
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
                storage, started=time.time())  # wall clock: the report only
@@ -235,7 +239,8 @@ class _Run:
     def result(self) -> ScenarioResult:
         prov, recorder, cache, info = self.prov, self.recorder, self.cache, self.runner.info
         problems = [] if info.aborted else cache.check_invariants()
-        flat, summary = compute(recorder, prov.tier_names)
+        flat, summary = compute(recorder, prov.tier_names, self.settings.qos_classes,
+                                open_loop=self.settings.request_rate > 0)
         verifier = prov.ctx.verifier
         if verifier is not None:
             flat["verify.mismatches"] = verifier.mismatches
@@ -263,6 +268,8 @@ class _Run:
             device_counters=device_counters,
             trace=self._trace_identity(),
             run={"aborted": info.aborted, "entries_dropped": cache.dropped, "drain_s": info.drain_s,
+                 "workers": info.workers, "peak_in_service": info.peak_in_service,
+                 "peak_waiting": info.peak_waiting, "requests_unserved": info.requests_unserved,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
                  "staging_bytes": prov.ctx.staging.allocated_bytes,
                  "measurement": "bytes counted as each transfer of an I/O completes inside the window (transfers in "
@@ -305,6 +312,13 @@ class _Run:
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
         if self.prov.ctx.verifier is None:
             absent["verify."] = "--kv-verify is off"
+        if self.settings.request_rate <= 0:
+            absent["requests.rejected"] = ("closed-loop users are never rejected; set --kv-request-rate for open-loop "
+                                           "arrivals into a bounded queue")
+        offered = self.runner.queue.counts()["offered"]  # the whole run, warm-up included
+        for name in self.settings.qos_classes:
+            if not offered.get(name):
+                absent[f"qos.{name}."] = f"no {name} request was sent in this run (the workload's class mix has none)"
         return absent
 
     def _trace_identity(self) -> dict:

@@ -25,11 +25,15 @@ class RequestServer:
     """Serves requests against ``cache``, recording each finished one in ``recorder``.
 
     ``config`` is the runner's ``RunConfig`` (generation mode, read model, chunk tokens).
-    Thread-safe: any number of users call ``serve`` at once.
+    ``allocs``, when given, is held around every cache store, so at most its count of stores
+    allocate at once (MLPerf's ``--max-concurrent-allocs``, set by the load layer).
+    Thread-safe: any number of workers call ``serve`` at once.
     """
 
-    def __init__(self, cache: MultiTierCache, recorder: Recorder, config, ending: threading.Event):
+    def __init__(self, cache: MultiTierCache, recorder: Recorder, config, ending: threading.Event,
+                 allocs: threading.Semaphore | None = None):
         self.cache, self.recorder, self.config, self.ending = cache, recorder, config, ending
+        self.allocs = allocs
         self.per_token_s = SECONDS_PER_TOKEN[config.generation_mode]
         self._lock = threading.Lock()
         self._live_tokens = 0
@@ -67,6 +71,7 @@ class RequestServer:
             {"e2e": end_ns - submit_ns, "queue_wait": start_ns - submit_ns, "storage_time": storage_ns,
              "generation_time": gen_ns, "ttft": ttft_ns},
             {"requests": 1, "generated_tokens": req.generate_tokens, "context_tokens": req.context_tokens},
+            qos=req.qos,
         )
         return True
 
@@ -76,7 +81,7 @@ class RequestServer:
             if self.ending.is_set():
                 return False
             if self.cache.read(entry.key, kind) is None:
-                self.cache.put(entry.key, entry.tokens)  # evicted: recompute and store again
+                self._put(entry.key, entry.tokens)  # evicted: recompute and store again
         return True
 
     def _grow(self, delta: int) -> None:
@@ -90,8 +95,16 @@ class RequestServer:
         for entry in layout.append(tokens):
             if self.ending.is_set():
                 return False
-            self.cache.put(entry.key, entry.tokens)
+            self._put(entry.key, entry.tokens)
         return True
+
+    def _put(self, key: str, tokens: int) -> None:
+        """One cache store, within the bound on concurrent allocations when there is one."""
+        if self.allocs is None:
+            self.cache.put(key, tokens)
+            return
+        with self.allocs:
+            self.cache.put(key, tokens)
 
     def _decode(self, req: Request, layout: ConversationLayout) -> tuple[int, int, bool]:
         """Pace generation. Returns (generation ns, ns spent re-reading KV in the reference

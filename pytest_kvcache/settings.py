@@ -64,7 +64,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("chunk_tokens", "int", 256, "tokens per KV chunk (0 = one entry per request segment, as the MLPerf reference)"),
     Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
     Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
-    Option("max_inflight", "int", 0, "at most this many requests in service at once; the rest wait in the queue (0 = no limit)"),
+    Option("max_inflight", "int", 0, "at most this many requests in service at once (worker threads); the rest wait in the admission queue (0 = min(users, 256), vLLM's default max_num_seqs)"),
+    Option("request_rate", "nonneg", 0.0, "open-loop arrivals: seeded Poisson requests per second into a bounded admission queue (0 = closed-loop users)"),
+    Option("queue_depth", "int", 64, "open loop: most requests waiting for service; an arrival beyond it is rejected and counted"),
+    Option("max_concurrent_allocs", "int", 0, "at most this many cache stores (allocations) under way at once, as MLPerf's --max-concurrent-allocs (0 = no bound)"),
+    Option("qos_aging", "nonneg", 0.5, "seconds of queue wait per QoS class step up, so batch requests cannot starve (0 = no aging)"),
     Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
     Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
     Option("file_recycle", "choice", "on", "file tier: on = a freed chunk's file is kept and overwritten in place by a later write (no file creation per write); off = unlink on free, create on write", ("on", "off")),
@@ -98,6 +102,10 @@ class Settings:
     requests_per_user: int = 500
     think_time_scale: float = 1.0
     max_inflight: int = 0
+    request_rate: float = 0.0
+    queue_depth: int = 64
+    max_concurrent_allocs: int = 0
+    qos_aging: float = 0.5
     io_block_mb: float = 4.0
     file_io_mode: str = "auto"
     file_recycle: str = "on"
@@ -107,6 +115,7 @@ class Settings:
     plots: str | None = None
     verify: bool = False
     models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
+    qos: dict = field(default_factory=dict)  # QoS class overrides from YAML (load.qos.load_qos)
     threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini
 
     def replace(self, **changes) -> Settings:
@@ -121,7 +130,16 @@ class Settings:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
         out["threshold"] = list(self.threshold)
         out["cache_dir"] = str(self.cache_root)
+        out["qos"] = {name: {"p95_ms": round(c.p95_s * 1e3, 6), "p99_ms": None if c.p99_s is None else round(c.p99_s * 1e3, 6),
+                             "share": c.share} for name, c in self.qos_classes.items()}
         return out
+
+    @property
+    def qos_classes(self) -> dict:
+        """The QoS classes (``load.qos.QoSClass``) with the YAML ``qos:`` overrides applied."""
+        from .load.qos import load_qos
+
+        return load_qos(self.qos or None)
 
 
 def default_cache_root(candidates=None, mounts_file: str = MOUNTS) -> Path:
@@ -214,7 +232,7 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
         number = int(number)
         if opt.kind == "posint" and number < 1:
             raise ConfigError(f"{where} must be at least 1, not {raw!r}; for example {opt.flag} {opt.default}.")
-        if opt.name in ("chunk_tokens", "max_inflight") and number < 0:
+        if opt.name in ("chunk_tokens", "max_inflight", "queue_depth", "max_concurrent_allocs") and number < 0:
             raise ConfigError(f"{where} must be 0 or more, not {raw!r}.")
         return number
     number = float(number)
@@ -226,7 +244,8 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
 
 
 def load_yaml_config(path: str | Path) -> dict:
-    """Read a settings YAML: option names as keys (``-`` or ``_``), plus an optional ``models:``."""
+    """Read a settings YAML: option names as keys (``-`` or ``_``), plus optional ``models:`` and
+    ``qos:`` (class name -> ``{p95_ms, p99_ms, share}``, see ``load.qos.load_qos``)."""
     raw = read_yaml(path, "--kv-config")
     if raw is None:
         return {}
@@ -239,8 +258,8 @@ def load_yaml_config(path: str | Path) -> dict:
             name = name[3:]
         if name in ("thresholds", "criteria"):
             name = "threshold"
-        if name != "models" and (name not in OPTION_BY_NAME or name == "config"):
-            allowed = sorted(n for n in OPTION_BY_NAME if n != "config") + ["models"]
+        if name not in ("models", "qos") and (name not in OPTION_BY_NAME or name == "config"):
+            allowed = sorted(n for n in OPTION_BY_NAME if n != "config") + ["models", "qos"]
             raise ConfigError(f"--kv-config {path}: unknown key {key!r}. Allowed keys: {', '.join(allowed)}.")
         out[name] = value
     return out
@@ -286,12 +305,23 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
     resolve_model(values["model"], models)  # unknown model -> ConfigError listing the known ones
     if values["report"] and str(values["report"]).endswith(".csv"):
         raise ConfigError("--kv-report names the JSON report (a CSV is written beside it); give it a .json name.")
+    qos = yaml_values.get("qos") or {}
+    if qos:
+        from .load.qos import load_qos
+
+        try:
+            load_qos(qos)
+        except ConfigError as exc:
+            raise ConfigError(f"--kv-config {config_path}: {exc}") from None
+    if values["request_rate"] > 0 and values["queue_depth"] < 1:
+        raise ConfigError(f"--kv-queue-depth must be at least 1 with --kv-request-rate {values['request_rate']:g} "
+                          "(open-loop arrivals wait in a bounded queue); for example --kv-queue-depth 64.")
     if values["io_block_mb"] < 0.004:
         raise ConfigError("--kv-io-block-mb must be at least 0.004 (one 4 KiB block).")
     source = sources["threshold"]
     label = next((short for prefix, short in (("command line", "cli"), ("environment", "env"), ("--kv-config", "yaml"),
                                               ("ini", "ini")) if source.startswith(prefix)), source)
-    return Settings(**values, models=models, threshold_source=label)
+    return Settings(**values, models=models, qos=dict(qos), threshold_source=label)
 
 
 def validate_changes(changes: dict, source: str) -> dict:
