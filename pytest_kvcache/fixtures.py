@@ -56,22 +56,25 @@ def kv_workload(kv_session):
     return kv_session.trace_for(kv_session.settings)
 
 
-def adjusted_settings(config, name: str):
-    """The session settings with every ``pytest_kvcache_adjust_settings`` change applied.
+def adjusted_settings(config, name: str, node=None):
+    """The session settings with the test's ``kv_settings`` marker changes (the scenario's own
+    load, e.g. an open-loop rate) and then every ``pytest_kvcache_adjust_settings`` change applied.
 
-    Raises ConfigError when a hook's change is not a valid setting.
+    Raises ConfigError when a marker's or a hook's change is not a valid setting.
     """
     settings = _session(config).settings
+    for marker in (node.iter_markers("kv_settings") if node is not None else ()):
+        settings = settings.replace(**validate_changes(marker.kwargs, f"kv_settings marker on {node.nodeid}"))
     for changes in config.hook.pytest_kvcache_adjust_settings(settings=settings, scenario=name):
         if changes:
             settings = settings.replace(**validate_changes(changes, "pytest_kvcache_adjust_settings"))
     return settings
 
 
-def scenario_settings(config, name: str):
+def scenario_settings(config, name: str, node=None):
     """``adjusted_settings``, failing the running test on a bad change."""
     try:
-        return adjusted_settings(config, name)
+        return adjusted_settings(config, name, node)
     except ConfigError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -88,7 +91,7 @@ def kv_tiers(request, kv_session):
         if reason:
             pytest.skip(f"{name}: {reason}")
     try:
-        prov = provision(config, scenario_settings(request.config, name), kv_session.registry)
+        prov = provision(config, scenario_settings(request.config, name, request.node), kv_session.registry)
     except (ConfigError, BackendError) as exc:
         pytest.fail(str(exc), pytrace=False)
     kv_session.open_tiers.append(prov)
@@ -150,7 +153,7 @@ def kv_run(request, kv_session):
     config = request.config
 
     def run(prov, benchmark=None, check: bool = True) -> ScenarioResult:
-        settings = scenario_settings(config, prov.config.name)
+        settings = scenario_settings(config, prov.config.name, request.node)
         extra = []
         for marker in request.node.iter_markers("kv_criteria"):
             try:

@@ -82,6 +82,8 @@ def _ini_values(config) -> dict:
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "kv_settings(**settings): this scenario's own settings (its load), applied over "
+                                       "the session's, e.g. @pytest.mark.kv_settings(request_rate=20, queue_depth=8)")
     config.addinivalue_line("markers", "kv_criteria(*thresholds): extra pass/fail criteria for this scenario, "
                                        "e.g. @pytest.mark.kv_criteria('nvme.read.p95<=100ms')")
     cli = {opt.name: config.getoption("kv_" + opt.name) for opt in OPTIONS}
