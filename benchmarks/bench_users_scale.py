@@ -165,7 +165,10 @@ def main() -> None:
                "--nvme-capacity-gb", str(args.nvme_capacity_gb)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=dict(os.environ))
         if proc.returncode != 0:
-            raise SystemExit(f"case {users} users failed:\n{proc.stderr[-3000:]}")
+            print(f"case {users} users failed:\n{proc.stderr[-3000:]}")
+            raw[f"{users}_users"] = {"failed": proc.stderr[-3000:]}
+            rows.append(C.row(f"{users} users: runs", "", [0], None, "runs", False, note="failed: see raw"))
+            continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         raw[f"{users}_users"] = r
         big = users >= 10000

@@ -330,10 +330,13 @@ class _Run:
         return {
             "sha256": trace.sha256(),
             "covers": "the request list only: every user's requests in order (conversation, turn, persona, QoS "
-                      "class, context and generated tokens, think time), as canonical JSON lines",
+                      "class, context and generated tokens, think time), as canonical JSON lines; the whole "
+                      "list, not only the requests replayed (each user's list is generated as far as the run "
+                      "reads it, the rest when the hash is taken after the window)",
             "workload_sha256": hashlib.sha256(json.dumps(workload, sort_keys=True, default=str).encode()).hexdigest(),
-            "workload_covers": "the trace hash, the scenario's tiers, the model and the settings that shape its I/O: "
-                               + ", ".join(IO_SHAPING_SETTINGS),
+            "workload_covers": "the trace hash, the scenario's tiers, the model and the settings that shape its I/O "
+                               "(with request_rate, the open-loop arrival schedule, a pure function of the seed, "
+                               "the rate and the warm-up + duration): " + ", ".join(IO_SHAPING_SETTINGS),
             "requests": len(trace), "users": len(trace.per_user),
             "requests_started": info.requests_started, "requests_finished": info.requests_finished,
             "replayed": ("the whole trace" if info.trace_exhausted else

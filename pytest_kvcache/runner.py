@@ -18,7 +18,7 @@ queue:
   is rejected as ``no_idle_user``: both are figures of the run, not errors.
 
 Requests in service are at most ``workers`` = ``max_inflight`` or, when that is 0,
-``min(users, DEFAULT_MAX_IN_SERVICE)``; staging buffers belong to threads, so their number is
+``min(users, DEFAULT_MAX_IN_SERVICE)`` (``load.workers_for``); staging buffers belong to threads, so their number is
 bounded by the workers, not by the users. ``max_concurrent_allocs`` (MLPerf's
 ``--max-concurrent-allocs``) bounds the cache stores under way at once with a semaphore that
 ``RequestServer`` holds around each ``put``. Queue wait (arrival or send time to the start of
@@ -40,26 +40,22 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import MultiTierCache
-from .load import DEFAULT_QOS, AdmissionQueue, QoSClass, poisson_arrivals
+from .load import (
+    DEFAULT_QOS,
+    AdmissionQueue,
+    QoSClass,
+    poisson_arrivals,
+    workers_for,
+)
 from .recorder import NO_IDLE_USER, Recorder
 from .serve import RequestServer
 from .workload import Request, Trace
 
 _DRAIN_TIMEOUT_S = 300.0  # a backend call still running this long after the window is reported stuck
 
-DEFAULT_MAX_IN_SERVICE = 256
-"""Requests in service when ``--kv-max-inflight`` is 0: at most this many (fewer with fewer
-users). vLLM's scheduler serves at most ``max_num_seqs`` sequences at once, 256 by default
-(``vllm.config.SchedulerConfig.max_num_seqs``)."""
-
 DEFAULT_AGING_S = 0.5
 """Seconds of queue wait per QoS class step up: a batch request that has waited 1 s (its p95
 target) competes with interactive ones, so it cannot starve."""
-
-
-def workers_for(users: int, max_inflight: int) -> int:
-    """Worker threads, i.e. the most requests in service at once (see the module docstring)."""
-    return max_inflight if max_inflight > 0 else max(1, min(users, DEFAULT_MAX_IN_SERVICE))
 
 
 @dataclass

@@ -9,12 +9,12 @@ from pytest_kvcache.backends.base import BackendContext, TierSpec
 from pytest_kvcache.backends.mock import MockBackend
 from pytest_kvcache.cache import MultiTierCache
 from pytest_kvcache.errors import ConfigError
-from pytest_kvcache.load import DEFAULT_QOS, poisson_arrivals
+from pytest_kvcache.load import DEFAULT_MAX_IN_SERVICE, DEFAULT_QOS, poisson_arrivals, workers_for
 from pytest_kvcache.metrics import compute
 from pytest_kvcache.payload import NoiseSource, StagingBuffers
 from pytest_kvcache.recorder import Recorder
 from pytest_kvcache.report import qos_table
-from pytest_kvcache.runner import DEFAULT_MAX_IN_SERVICE, RunConfig, Runner, workers_for
+from pytest_kvcache.runner import RunConfig, Runner
 from pytest_kvcache.workload import Request, Trace, WorkloadParams, generate_trace
 
 NOISE = NoiseSource(1, size=1 << 20)
