@@ -35,8 +35,11 @@ _ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")  # ids end up inside cache keys and fi
 _INV_2_53 = 1.0 / (1 << 53)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one encoder: json.dumps makes one a call
+
+
 def _canonical_json(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(obj)
 
 
 def _is_int(value) -> bool:
