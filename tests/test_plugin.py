@@ -448,7 +448,7 @@ def test_qos(kv_tiers, kv_run):
 def test_an_open_loop_scenario_reports_classes_and_rejections(pytester, cache_dir):
     """The kv_settings marker gives the scenario its own open-loop load; the report, the
     terminal and JUnit carry per-class figures and the rejected requests."""
-    pytester.makepyfile(test_qos=QOS_SCENARIO)
+    pytester.makepyfile(test_qos_scn=QOS_SCENARIO)
     result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-profile", "none",
                                 "--junitxml", "junit.xml", "-rA")
     result.assert_outcomes(passed=1)
