@@ -24,6 +24,7 @@ from tabulate import tabulate
 
 from .errors import ConfigError
 from .ops import DATA_OPS, OPS, possible_ops, storage_tier
+from .workload.personas import QOS_CLASSES
 
 # --------------------------------------------------------------------------- namespace (data)
 
@@ -77,6 +78,21 @@ FIXED_METRICS: dict[str, str] = {
     "device.read_ratio": "ratio",
     "device.write_ratio": "ratio",
     "storage.memory_tiers": "count",
+    # open-loop arrivals (--kv-request-rate) in the window, and those refused (queue full or no
+    # idle user): figures of the load, not errors
+    "requests.offered": "count",
+    "requests.rejected": "count",
+    # per QoS class: qos.<class>.<stat> is the class's end-to-end latency (queue wait included,
+    # what its SLA targets bound); sla_compliance = fraction of its requests within its p95 target
+    **{
+        f"qos.{cls}.{name}": kind
+        for cls in QOS_CLASSES
+        for name, kind in (
+            ("requests", "count"), ("offered", "count"), ("rejected", "count"), ("sla_compliance", "fraction"),
+            *((stat, "latency") for stat in LATENCY_STATS),
+            *((f"{timing}.{stat}", "latency") for timing in ("queue_wait", "ttft") for stat in LATENCY_STATS),
+        )
+    },
 }
 
 # Units per kind as (multiplier, divisor) to canonical. Dividing by exact powers of ten keeps

@@ -38,6 +38,7 @@ from .workload import Trace
 MiB = 1 << 20
 
 IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_block_mb", "max_inflight",
+                       "request_rate", "queue_depth", "max_concurrent_allocs", "qos_aging", "qos",
                        "gpu_mem_gb", "cpu_mem_gb", "nvme_capacity_gb", "file_io_mode", "file_recycle",
                        "duration", "warmup", "verify")
 """Settings besides the trace that change which I/O a scenario does (the workload hash covers them)."""
@@ -180,10 +181,12 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         duration_s=settings.duration, warmup_s=settings.warmup,
         generation_mode=settings.generation_mode, read_model=settings.read_model,
         chunk_tokens=settings.chunk_tokens, max_inflight=settings.max_inflight,
+        request_rate=settings.request_rate, queue_depth=settings.queue_depth,
+        max_concurrent_allocs=settings.max_concurrent_allocs, qos=settings.qos_classes,
+        qos_aging_s=settings.qos_aging, seed=settings.seed,
     ), window_hooks=(device,) if device else (), on_tick=tick)
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
                storage, started=time.time())  # wall clock: the report only
-    trace.sha256()  # hashed before the window, not in the time after it (cached on the trace)
     try:
         runner.run()
     except KeyboardInterrupt as exc:
@@ -236,7 +239,8 @@ class _Run:
     def result(self) -> ScenarioResult:
         prov, recorder, cache, info = self.prov, self.recorder, self.cache, self.runner.info
         problems = [] if info.aborted else cache.check_invariants()
-        flat, summary = compute(recorder, prov.tier_names)
+        flat, summary = compute(recorder, prov.tier_names, self.settings.qos_classes,
+                                open_loop=self.settings.request_rate > 0)
         verifier = prov.ctx.verifier
         if verifier is not None:
             flat["verify.mismatches"] = verifier.mismatches
@@ -264,6 +268,8 @@ class _Run:
             device_counters=device_counters,
             trace=self._trace_identity(),
             run={"aborted": info.aborted, "entries_dropped": cache.dropped, "drain_s": info.drain_s,
+                 "workers": info.workers, "peak_in_service": info.peak_in_service,
+                 "peak_waiting": info.peak_waiting, "requests_unserved": info.requests_unserved,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
                  "staging_bytes": prov.ctx.staging.allocated_bytes,
                  "measurement": "bytes counted as each transfer of an I/O completes inside the window (transfers in "
@@ -313,6 +319,13 @@ class _Run:
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
         if self.prov.ctx.verifier is None:
             absent["verify."] = "--kv-verify is off"
+        if self.settings.request_rate <= 0:
+            absent["requests.rejected"] = ("closed-loop users are never rejected; set --kv-request-rate for open-loop "
+                                           "arrivals into a bounded queue")
+        offered = self.runner.queue.counts()["offered"]  # the whole run, warm-up included
+        for name in self.settings.qos_classes:
+            if not offered.get(name):
+                absent[f"qos.{name}."] = f"no {name} request was sent in this run (the workload's class mix has none)"
         return absent
 
     def _trace_identity(self) -> dict:
@@ -325,10 +338,13 @@ class _Run:
             "sha256": trace.sha256(),
             "covers": "the request list: the documents stored before the window (RAG), then every user's requests "
                       "in order (conversation, turn, persona, QoS class, prompt segments, context and generated "
-                      "tokens, think time), as canonical JSON lines",
+                      "tokens, think time), as canonical JSON lines; the whole list, not only the requests "
+                      "replayed (each user's list is generated as far as the run reads it, the rest when the "
+                      "hash is taken after the window)",
             "workload_sha256": hashlib.sha256(json.dumps(workload, sort_keys=True, default=str).encode()).hexdigest(),
-            "workload_covers": "the trace hash, the scenario's tiers, the model and the settings that shape its I/O: "
-                               + ", ".join(IO_SHAPING_SETTINGS),
+            "workload_covers": "the trace hash, the scenario's tiers, the model and the settings that shape its I/O "
+                               "(with request_rate, the open-loop arrival schedule, a pure function of the seed, "
+                               "the rate and the warm-up + duration): " + ", ".join(IO_SHAPING_SETTINGS),
             "requests": len(trace), "users": len(trace.per_user),
             "requests_started": info.requests_started, "requests_finished": info.requests_finished,
             "replayed": ("the whole trace" if info.trace_exhausted else

@@ -56,19 +56,31 @@ def kv_workload(kv_session):
     return kv_session.trace_for(kv_session.settings)
 
 
-def adjusted_settings(config, name: str, scenario: dict | None = None, defaults: dict | None = None):
-    """The session settings with the scenario's ``defaults`` for the options the user did not
-    set (a shorter window, say), its own ``scenario`` changes (its workload, e.g.
-    ``{"workload": "rag"}``), then every ``pytest_kvcache_adjust_settings`` change applied.
+def _marker_values(node, name: str) -> dict:
+    """The keyword arguments of every ``name`` marker on ``node``, the closest one winning."""
+    values: dict = {}
+    for marker in reversed(list(node.iter_markers(name)) if node is not None else []):
+        values.update(marker.kwargs)
+    return values
+
+
+def adjusted_settings(config, name: str, node=None):
+    """The settings of scenario ``name`` (test item ``node``): the session's, then the
+    ``kv_defaults`` marker's values for the options the user did not set (a shorter window,
+    say), then the ``kv_settings`` marker's (the scenario's own workload or load, e.g.
+    ``workload="rag"``), then every ``pytest_kvcache_adjust_settings`` change.
 
     Raises ConfigError when a change is not a valid setting or the result is inconsistent.
     """
     settings = _session(config).settings
-    unset = {k: v for k, v in (defaults or {}).items() if k not in settings.explicit}
+    where = f"on {node.nodeid}" if node is not None else f"of scenario {name}"
+    defaults = _marker_values(node, "kv_defaults")
+    unset = {k: v for k, v in defaults.items() if k not in settings.explicit}
     if unset:
-        settings = settings.replace(**validate_changes(unset, f"scenario {name} defaults"))
-    if scenario:
-        settings = settings.replace(**validate_changes(scenario, f"scenario {name}"))
+        settings = settings.replace(**validate_changes(unset, f"kv_defaults marker {where}"))
+    fixed = _marker_values(node, "kv_settings")
+    if fixed:
+        settings = settings.replace(**validate_changes(fixed, f"kv_settings marker {where}"))
     for changes in config.hook.pytest_kvcache_adjust_settings(settings=settings, scenario=name):
         if changes:
             settings = settings.replace(**validate_changes(changes, "pytest_kvcache_adjust_settings"))
@@ -76,10 +88,10 @@ def adjusted_settings(config, name: str, scenario: dict | None = None, defaults:
     return settings
 
 
-def scenario_settings(config, name: str, scenario: dict | None = None, defaults: dict | None = None):
+def scenario_settings(config, name: str, node=None):
     """``adjusted_settings``, failing the running test on a bad change."""
     try:
-        return adjusted_settings(config, name, scenario, defaults)
+        return adjusted_settings(config, name, node)
     except ConfigError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -96,7 +108,7 @@ def kv_tiers(request, kv_session):
         if reason:
             pytest.skip(f"{name}: {reason}")
     try:
-        prov = provision(config, scenario_settings(request.config, name), kv_session.registry)
+        prov = provision(config, scenario_settings(request.config, name, request.node), kv_session.registry)
     except (ConfigError, BackendError) as exc:
         pytest.fail(str(exc), pytrace=False)
     kv_session.open_tiers.append(prov)
@@ -149,21 +161,18 @@ class ProgressLine:
 
 @pytest.fixture
 def kv_run(request, kv_session):
-    """``kv_run(kv_tiers, benchmark=None, check=True, settings=None) -> ScenarioResult``.
+    """``kv_run(kv_tiers, benchmark=None, check=True) -> ScenarioResult``.
 
-    ``settings``: the scenario's own setting changes (option names to values, checked as the
-    command line is), applied before ``pytest_kvcache_adjust_settings``; e.g. the RAG scenario
-    passes ``{"workload": "rag"}`` so that only it runs that workload. ``defaults``: values for
-    the options the user did not set anywhere (``{"duration": 8}`` keeps a scenario short
-    unless ``--kv-duration`` is given). Runs the workload on the tiers, records the result in the session report and JUnit
-    properties, replays the headline latencies into pytest-benchmark's ``benchmark`` fixture
-    when given, and fails the test when a criterion fails (``check=False`` leaves that to you).
+    Runs the workload on the tiers with the scenario's settings (``adjusted_settings``: the
+    ``kv_defaults`` and ``kv_settings`` markers, then the hooks), records the result in the
+    session report and JUnit properties, replays the headline latencies into pytest-benchmark's
+    ``benchmark`` fixture when given, and fails the test when a criterion fails (``check=False``
+    leaves that to you).
     """
     config = request.config
 
-    def run(prov, benchmark=None, check: bool = True, settings: dict | None = None,
-            defaults: dict | None = None) -> ScenarioResult:
-        settings = scenario_settings(config, prov.config.name, settings, defaults)
+    def run(prov, benchmark=None, check: bool = True) -> ScenarioResult:
+        settings = scenario_settings(config, prov.config.name, request.node)
         extra = []
         for marker in request.node.iter_markers("kv_criteria"):
             try:

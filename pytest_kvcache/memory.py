@@ -1,6 +1,6 @@
 """Host memory: what a scenario will allocate, and what this process can still have.
 
-The CPU tier's arena and the per-user staging buffers are allocated and pre-faulted before a
+The CPU tier's arena and the worker threads' staging buffers are allocated and pre-faulted before a
 scenario runs. A budget above what the process can have ends in ``OSError: [Errno 12]`` or,
 in a memory-limited cgroup (a container, a CI job), in the kernel's OOM killer ending the
 whole session with nothing written. So budgets are checked first, against the smaller of
@@ -141,16 +141,20 @@ def host_bytes_needed(tiers: tuple[str, ...] | list[str], settings: Settings) ->
     """Host memory a scenario with these tiers allocates before it runs, by part (bytes).
 
     The CPU tier's arena (its whole budget, pre-faulted), one staging buffer of
-    ``--kv-io-block-mb`` per user thread (and one more each for ``--kv-verify``'s scratch and
-    the GPU tier's pinned staging), and the payload noise buffer. GPU memory is not host memory.
+    ``--kv-io-block-mb`` per worker thread (``load.workers_for``: requests in service at once;
+    and one more each for ``--kv-verify``'s scratch and the GPU tier's pinned staging), and the
+    payload noise buffer. GPU memory is not host memory.
     """
+    from .load import workers_for
+
     block = max(BLOCK, -(-int(settings.io_block_mb * MiB) // PAGE) * PAGE)
     per_user = 1 + bool(settings.verify) + ("gpu" in tiers)
+    workers = workers_for(settings.users, settings.max_inflight)
     parts = {}
     if "cpu" in tiers:
         parts["cpu tier (--kv-cpu-mem-gb)"] = int(settings.cpu_mem_gb * GB)
-    parts[f"staging buffers ({settings.users} users x {per_user} x --kv-io-block-mb {settings.io_block_mb:g})"] = \
-        settings.users * per_user * block
+    parts[f"staging buffers ({workers} workers x {per_user} x --kv-io-block-mb {settings.io_block_mb:g})"] = \
+        workers * per_user * block
     parts["payload noise"] = NOISE_BYTES
     return parts
 
@@ -173,7 +177,7 @@ def check_host_memory(name: str, tiers: tuple[str, ...] | list[str], settings: S
     if cpu and room_for_cpu >= 0.01 * GB:
         fix = f"lower --kv-cpu-mem-gb to {int(room_for_cpu / GB * 100) / 100:g} or less, or free memory"
     else:
-        fix = "lower --kv-users or --kv-io-block-mb" + (" and --kv-cpu-mem-gb" if cpu else "") + ", or free memory"
+        fix = "lower --kv-max-inflight (or --kv-users) or --kv-io-block-mb" + (" and --kv-cpu-mem-gb" if cpu else "") + ", or free memory"
     raise ConfigError(
         f"scenario {name} needs {need / GB:.2f} GB of host memory ({detail}), but this process can have only "
         f"{limit.bytes / GB:.2f} GB ({limit.source}), of which {RESERVE_BYTES / GB:.2f} GB is kept for the "

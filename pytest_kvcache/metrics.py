@@ -12,7 +12,7 @@ headline figures that the terminal, CSV, JUnit properties, pytest-benchmark and 
 from __future__ import annotations
 
 from .ops import DATA_OPS, READ_OPS, WRITE_OPS, headline_op, storage_tier
-from .recorder import Recorder
+from .recorder import NO_IDLE_USER, QOS_TIMINGS, Recorder
 
 HEADLINE_LOOKUP_KINDS = ("prefix", "multi_turn", "rag")
 """Lookup kinds the headline ``cache.hit_rate`` covers: what a cache could have held."""
@@ -54,8 +54,13 @@ def _round(value, digits: int):
     return None if value is None else round(value, digits)
 
 
-def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
-    """``(flat, summary)`` of a run whose window has closed; ``tiers`` fastest first."""
+def compute(recorder: Recorder, tiers: list[str], qos_classes: dict | None = None,
+            open_loop: bool = False) -> tuple[dict, dict]:
+    """``(flat, summary)`` of a run whose window has closed; ``tiers`` fastest first.
+
+    ``qos_classes`` (name -> ``load.qos.QoSClass``) names the classes of the per-class block
+    and their targets; ``open_loop`` says arrivals could be rejected (``requests.rejected``).
+    """
     window = recorder.window_s
     rate = (lambda x: x / window) if window > 0 else (lambda x: None)
     flat: dict[str, float] = {"window_s": window}
@@ -182,7 +187,62 @@ def compute(recorder: Recorder, tiers: list[str]) -> tuple[dict, dict]:
         for op, figures in ops.items():
             if "p95" in figures["latency_ms"]:
                 summary[f"{tier}_{op}_p95_ms"] = figures["latency_ms"]["p95"]
+    summary["qos"], summary["arrivals"] = _qos(recorder, flat, qos_classes or {}, open_loop)
     return flat, summary
+
+
+def _qos(recorder: Recorder, flat: dict, classes: dict, open_loop: bool) -> tuple[dict, dict]:
+    """Per QoS class figures into ``flat`` (``qos.<class>.*``) and the summary's ``qos`` block;
+    the open-loop arrival counts into ``requests.offered|rejected`` and the ``arrivals`` block.
+
+    A class's latency (``qos.<class>.p95`` ...) is its end-to-end latency, queue wait included,
+    which is what its SLA targets bound (``load.qos``); ``sla_compliance`` is the exact fraction
+    of its finished requests whose e2e was within the p95 target.
+    """
+    block = {}
+    for name in [*classes, *sorted(set(recorder.qos_requests) - set(classes))]:
+        series = recorder.qos_requests.get(name, {})
+        stats = {t: series[t].stats() for t in QOS_TIMINGS if t in series}
+        count = stats["e2e"]["count"] if "e2e" in stats else 0
+        cls = classes.get(name)
+        offered, rejected = recorder.arrivals.get(name, (0, 0))
+        compliance = recorder.qos_within.get(name, 0) / count if count and cls is not None else None
+        if count:
+            flat[f"qos.{name}.requests"] = count
+            for k in LATENCY_KEYS:
+                if k in stats["e2e"]:
+                    flat[f"qos.{name}.{k}"] = stats["e2e"][k]
+            for timing in ("queue_wait", "ttft"):
+                for k in LATENCY_KEYS:
+                    if k in stats.get(timing, {}):
+                        flat[f"qos.{name}.{timing}.{k}"] = stats[timing][k]
+        if compliance is not None:
+            flat[f"qos.{name}.sla_compliance"] = compliance
+        if open_loop:
+            flat[f"qos.{name}.offered"] = offered
+            flat[f"qos.{name}.rejected"] = rejected
+        block[name] = {
+            "requests": count,
+            "p95_target_ms": None if cls is None else round(cls.p95_s * 1e3, 4),
+            "p99_target_ms": None if cls is None or cls.p99_s is None else round(cls.p99_s * 1e3, 4),
+            "sla_compliance": _round(compliance, 6),
+            "e2e_ms": _ms(stats.get("e2e", {})),
+            "queue_wait_ms": _ms(stats.get("queue_wait", {})),
+            "ttft_ms": _ms(stats.get("ttft", {})),
+            "offered": offered if open_loop else None,
+            "rejected": rejected if open_loop else None,
+        }
+    arrivals = {"open_loop": open_loop, "offered": None, "rejected": None, "rejected_no_idle_user": None,
+                "rejected_fraction": None}
+    if open_loop:
+        offered = sum(o for o, _ in recorder.arrivals.values())
+        rejected = sum(r for _, r in recorder.arrivals.values())
+        flat["requests.offered"] = offered
+        flat["requests.rejected"] = rejected
+        arrivals.update(offered=offered, rejected=rejected,
+                        rejected_no_idle_user=recorder.arrivals.get(NO_IDLE_USER, (0, 0))[1],
+                        rejected_fraction=_round(rejected / offered, 6) if offered else None)
+    return block, arrivals
 
 
 def _window_warning(edge_fraction: float | None, edge: int) -> str | None:

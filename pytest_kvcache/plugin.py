@@ -82,6 +82,10 @@ def _ini_values(config) -> dict:
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "kv_settings(**settings): this scenario's own settings (its workload or load), "
+                                       "applied over the session's, e.g. @pytest.mark.kv_settings(request_rate=20, queue_depth=8)")
+    config.addinivalue_line("markers", "kv_defaults(**settings): this scenario's values for the options the user did "
+                                       "not set, e.g. @pytest.mark.kv_defaults(duration=8)")
     config.addinivalue_line("markers", "kv_criteria(*thresholds): extra pass/fail criteria for this scenario, "
                                        "e.g. @pytest.mark.kv_criteria('nvme.read.p95<=100ms')")
     config.addinivalue_line("markers", "slow: a long scenario (a sweep), skipped unless selected with -m, "
@@ -131,19 +135,20 @@ def pytest_collection_finish(session):
     kv = config.stash.get(SESSION_KEY, None)
     if kv is None or _is_xdist_worker(config) or config.option.collectonly:
         return
-    names = {getattr(item, "callspec", None) and item.callspec.params.get("kv_tiers") for item in session.items}
     problems = []
-    for name in sorted(n for n in names if n in TIER_CONFIGS):
-        if "gpu" in TIER_CONFIGS[name].tiers and gpu_unavailable_reason():
-            continue  # skipped when it runs
+    for item in session.items:
+        name = getattr(item, "callspec", None) and item.callspec.params.get("kv_tiers")
+        if name not in TIER_CONFIGS or ("gpu" in TIER_CONFIGS[name].tiers and gpu_unavailable_reason()):
+            continue  # not a scenario, or skipped when it runs
         try:
-            settings = adjusted_settings(config, name)
+            settings = adjusted_settings(config, name, item)
         except ConfigError:
-            continue  # a hook's bad change fails that scenario when it runs, with the hook named
+            continue  # a marker's or hook's bad change fails that scenario when it runs, naming it
         try:
             check_host_memory(name, TIER_CONFIGS[name].tiers, settings)
         except ConfigError as exc:
-            problems.append(str(exc))
+            if str(exc) not in problems:
+                problems.append(str(exc))
     if problems:
         raise pytest.UsageError("\n".join(problems))
 

@@ -27,6 +27,8 @@ from .ops import DATA_OPS
 
 PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 SAMPLE_CAP = 100_000
+QOS_TIMINGS = ("e2e", "queue_wait", "ttft")  # the request timings kept per QoS class
+NO_IDLE_USER = "no_idle_user"  # an open-loop arrival that found every user busy (``Recorder.arrival``)
 
 
 class Series:
@@ -122,6 +124,18 @@ class Recorder:
         self.errors: list[str] = []
         self.error_count = 0
         self.occupancy: list[tuple[float, dict]] = []  # (seconds into the window, {tier: bytes})
+        # per QoS class, inside the window: e2e / queue_wait / ttft series of finished requests,
+        # how many finished within the class's p95 target, and open-loop arrivals [offered, rejected]
+        self.sla_targets_ns: dict[str, int] = {}
+        self.qos_requests: dict[str, dict[str, Series]] = {}
+        self.qos_within: dict[str, int] = {}
+        self.arrivals: dict[str, list[int]] = {}
+
+    def set_sla_targets(self, p95_s: dict[str, float]) -> None:
+        """Each QoS class's p95 target in seconds: a finished request within it counts toward
+        the class's SLA compliance (``qos_within``), exactly, whatever the reservoir keeps."""
+        with self._lock:
+            self.sla_targets_ns = {name: round(t * 1e9) for name, t in p95_s.items()}
 
     # -- window ---------------------------------------------------------------
     def open_window(self, t_ns: int | None = None) -> None:
@@ -205,8 +219,10 @@ class Recorder:
                 counts[0 if hit else 1] += blocks
                 counts[2 if hit else 3] += tokens
 
-    def request(self, end_ns: int, timings: dict[str, int], counters: dict[str, int]) -> None:
-        """One finished request: ``timings`` in ns (e2e, queue_wait, ...), ``counters`` summed."""
+    def request(self, end_ns: int, timings: dict[str, int], counters: dict[str, int],
+                qos: str | None = None) -> None:
+        """One finished request: ``timings`` in ns (e2e, queue_wait, ...), ``counters`` summed;
+        with its QoS class ``qos``, its e2e, queue wait and TTFT count for the class too."""
         with self._lock:
             if not self.in_window(end_ns):
                 return
@@ -217,6 +233,26 @@ class Recorder:
                 series.add(value)
             for name, value in counters.items():
                 self.counters[name] = self.counters.get(name, 0) + value
+            if qos is not None:
+                per = self.qos_requests.setdefault(qos, {})
+                for name in QOS_TIMINGS:
+                    if name in timings:
+                        if name not in per:
+                            per[name] = Series(seed=zlib.crc32(f"{qos}.{name}".encode()))
+                        per[name].add(timings[name])
+                target = self.sla_targets_ns.get(qos)
+                if target is not None and timings.get("e2e", target + 1) <= target:
+                    self.qos_within[qos] = self.qos_within.get(qos, 0) + 1
+
+    def arrival(self, qos: str, rejected: bool, t_ns: int) -> None:
+        """One open-loop arrival at ``t_ns`` of class ``qos`` (or a reason such as
+        ``no_idle_user`` when it carried no request), refused when ``rejected``; inside the
+        window only."""
+        with self._lock:
+            if self.in_window(t_ns):
+                pair = self.arrivals.setdefault(qos, [0, 0])
+                pair[0] += 1
+                pair[1] += rejected
 
     def sample_occupancy(self, used: dict[str, int], t_ns: int | None = None) -> None:
         """At most one sample per timeline step, inside the window."""

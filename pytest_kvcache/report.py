@@ -105,6 +105,34 @@ def tier_table(summary: dict) -> str:
                     tablefmt="simple")
 
 
+def qos_table(summary: dict) -> str:
+    """Per QoS class: requests, rejections (open loop), e2e / queue wait / TTFT percentiles and
+    the share within the class's p95 target; empty when no class had a request."""
+    classes = summary.get("qos") or {}
+    arrivals = summary.get("arrivals") or {}
+    open_loop = arrivals.get("open_loop")
+    if not any(c["requests"] or c.get("offered") for c in classes.values()):
+        return ""
+    rows = []
+    for name, c in classes.items():
+        e2e, wait, ttft = c["e2e_ms"], c["queue_wait_ms"], c["ttft_ms"]
+        rows.append([name, c["requests"], *([c["offered"], c["rejected"]] if open_loop else []),
+                     _ms(e2e.get("p50")), _ms(e2e.get("p95")), _ms(e2e.get("p99")), _ms(wait.get("p95")),
+                     _ms(ttft.get("p95")), _ms(c["p95_target_ms"]), format_figure(c["sla_compliance"], "%")])
+    headers = ["class", "requests", *(["offered", "rejected"] if open_loop else []), "e2e p50 ms", "e2e p95 ms",
+               "e2e p99 ms", "queue p95 ms", "TTFT p95 ms", "p95 target ms", "within target"]
+    return tabulate(rows, headers=headers, tablefmt="simple")
+
+
+def arrivals_text(summary: dict) -> str | None:
+    """One line on open-loop arrivals and rejections, or None for closed-loop users."""
+    a = summary.get("arrivals") or {}
+    if not a.get("open_loop"):
+        return None
+    return (f"open-loop arrivals in the window: {a['offered']:,} offered, {a['rejected']:,} rejected "
+            f"({format_figure(a['rejected_fraction'], '%')}; {a['rejected_no_idle_user']:,} found every user busy)")
+
+
 def _ratio(dev: dict, kind: str, of: str = "") -> str:
     """``x1.002``, or n/a, and whether it was too small to judge (devstats.compare_with_ours)."""
     value = dev.get(f"{kind}_ratio")
@@ -145,6 +173,12 @@ def scenario_text(result) -> str:
     elif result.backends and any("io_mode" in b for b in result.backends):
         lines.append(f"  device counters: {dev.get('reason', 'unavailable')}")
     table = tier_table(s)
+    if table:
+        lines.append(table)
+    arrivals = arrivals_text(s)
+    if arrivals:
+        lines.append(f"  {arrivals}")
+    table = qos_table(s)
     if table:
         lines.append(table)
     if result.outcomes:

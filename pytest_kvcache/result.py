@@ -65,6 +65,17 @@ class ScenarioResult:
         figures = self.summary.get("headline") or {"status": self.status}
         for key, value in figures.items():
             out[f"kv_{key}"] = "n/a" if value is None else value
+        arrivals = self.summary.get("arrivals") or {}
+        if arrivals.get("open_loop"):
+            out["kv_requests_offered"], out["kv_requests_rejected"] = arrivals["offered"], arrivals["rejected"]
+        for name, c in (self.summary.get("qos") or {}).items():
+            if c["requests"] or c.get("offered"):
+                out[f"kv_qos_{name}_requests"] = c["requests"]
+                if c.get("rejected") is not None:
+                    out[f"kv_qos_{name}_rejected"] = c["rejected"]
+                for key, value in (("e2e_p95_ms", c["e2e_ms"].get("p95")), ("queue_wait_p95_ms", c["queue_wait_ms"].get("p95")),
+                                   ("ttft_p95_ms", c["ttft_ms"].get("p95")), ("sla_compliance", c["sla_compliance"])):
+                    out[f"kv_qos_{name}_{key}"] = "n/a" if value is None else value
         for o in self.outcomes:
             out[f"kv_criterion {o.criterion.text}"] = f"{o.status} ({format_value(o.criterion.metric, o.measured)})"
         return out

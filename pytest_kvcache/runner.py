@@ -1,28 +1,62 @@
-"""Closed-loop users replaying a trace against the multi-tier cache for a measurement window.
+"""The load layer: who sends which request when, and how many are served at once (design 3a).
 
-This is the load layer: who sends which request when (design section 3a). Each user is a
-thread that walks its own request list in order: think, send, and wait for the answer before
-the next turn; what one request does to the cache is ``serve.RequestServer``. The runner opens
-the recorder's window after the warm-up, closes it after the duration, then ends promptly
-(design section 3a, "End of a run"): a request in flight finishes the transfer it is in (a
-backend call of several transfers stops at the next boundary, ``errors.IOCut``; no cache entry
-is left being written or moved) and skips the rest of its loads, stores and pacing; the cache
-gives up reservations that have not started writing.
+Users are records, not threads. A bounded pool of worker threads serves requests taken from one
+``load.AdmissionQueue`` (ordered by QoS class, then arrival, with aging so batch cannot starve);
+what one request does to the cache is ``serve.RequestServer``. Two arrival processes feed the
+queue:
+
+- **closed loop** (``request_rate == 0``, the default): each user sends its next turn when the
+  last one finished plus its think time. A scheduler thread keeps one heap of next send times
+  (not a sleeping thread per user) and offers each due turn to the queue; the queue's depth is
+  the user count, so a closed-loop turn is never rejected.
+- **open loop** (``request_rate > 0``): requests arrive at the seeded Poisson times of
+  ``load.poisson_arrivals`` (seed, rate, warm-up + duration), whatever the system does. Arrival
+  k carries the next turn of the user that has been idle longest (users start idle in index
+  order; a user is busy from the moment its turn is queued until it is served, since a turn
+  needs its conversation's earlier turns stored); think times are not used. An arrival that
+  finds the queue full (``queue_depth`` waiting) is rejected, and one that finds every user busy
+  is rejected as ``no_idle_user``: both are figures of the run, not errors.
+
+Requests in service are at most ``workers`` = ``max_inflight`` or, when that is 0,
+``min(users, DEFAULT_MAX_IN_SERVICE)`` (``load.workers_for``); staging buffers belong to threads, so their number is
+bounded by the workers, not by the users. ``max_concurrent_allocs`` (MLPerf's
+``--max-concurrent-allocs``) bounds the cache stores under way at once with a semaphore that
+``RequestServer`` holds around each ``put``. Queue wait (arrival or send time to the start of
+service) is part of every request's end-to-end latency.
+
+The runner opens the recorder's window after the warm-up, closes it after the duration, then
+ends promptly (design section 3a, "End of a run"): the queue is closed (waiting requests are
+never served), a request in service finishes the transfer it is in (a backend call of several
+transfers stops at the next boundary, ``errors.IOCut``; no cache entry is left being written or
+moved) and skips the rest of its loads, stores and pacing; the cache gives up reservations that
+have not started writing.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
-from contextlib import nullcontext
+from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import MultiTierCache
-from .recorder import Recorder
+from .load import (
+    DEFAULT_QOS,
+    AdmissionQueue,
+    QoSClass,
+    poisson_arrivals,
+    workers_for,
+)
+from .recorder import NO_IDLE_USER, Recorder
 from .serve import RequestServer
 from .workload import Request, Trace
 
 _DRAIN_TIMEOUT_S = 300.0  # a backend call still running this long after the window is reported stuck
+
+DEFAULT_AGING_S = 0.5
+"""Seconds of queue wait per QoS class step up: a batch request that has waited 1 s (its p95
+target) competes with interactive ones, so it cannot starve."""
 
 
 @dataclass
@@ -32,21 +66,45 @@ class RunConfig:
     generation_mode: str = "fast"
     read_model: str = "once"
     chunk_tokens: int = 256
-    max_inflight: int = 0
+    max_inflight: int = 0  # requests in service at once; 0 = min(users, DEFAULT_MAX_IN_SERVICE)
+    request_rate: float = 0.0  # open-loop arrivals per second; 0 = closed-loop users
+    queue_depth: int = 64  # open loop: most requests waiting for service; more are rejected
+    max_concurrent_allocs: int = 0  # most cache stores under way at once; 0 = no bound
+    qos: dict[str, QoSClass] = field(default_factory=lambda: dict(DEFAULT_QOS))
+    qos_aging_s: float = DEFAULT_AGING_S
+    seed: int = 0  # root seed: the open-loop arrival schedule's stream derives from it
 
 
 @dataclass
 class RunInfo:
     started_ns: int = 0
     finished_ns: int = 0
-    requests_started: int = 0
+    requests_started: int = 0  # taken from the queue into service
     requests_finished: int = 0  # ran to the end; started - finished were cut short when the run ended
+    requests_unserved: int = 0  # still waiting in the queue when the run ended (never served)
     users_exhausted: int = 0
     peak_live_tokens: int = 0  # most KV tokens the users' open conversations held at once
+    workers: int = 0  # threads serving requests = the bound on requests in service
+    peak_in_service: int = 0
+    peak_waiting: int = 0
+    arrivals: int = 0  # open loop: arrivals scheduled up to the run's end
     trace_exhausted: bool = False
     aborted: bool = False
-    drain_s: float | None = None  # window close -> last user thread ended, seconds (None if aborted)
+    drain_s: float | None = None  # window close -> last worker ended, seconds (None if aborted)
     errors: list[str] = field(default_factory=list)
+
+
+class _User:
+    """One simulated user: its request list and where it is in it, and its open conversation."""
+
+    __slots__ = ("index", "requests", "pos", "conversation")
+
+    def __init__(self, index: int, requests: list[Request]):
+        self.index, self.requests, self.pos, self.conversation = index, requests, 0, None
+
+    @property
+    def next_request(self) -> Request | None:
+        return self.requests[self.pos] if self.pos < len(self.requests) else None
 
 
 class Runner:
@@ -58,33 +116,89 @@ class Runner:
         self.info = RunInfo()
         self._stop = threading.Event()  # no new requests
         self._ending = threading.Event()  # the run is ending: finish the backend call under way, skip the rest
-        self.server = RequestServer(cache, recorder, config, self._ending)
-        self._admit = threading.Semaphore(config.max_inflight) if config.max_inflight else None
+        allocs = threading.BoundedSemaphore(config.max_concurrent_allocs) if config.max_concurrent_allocs else None
+        self.server = RequestServer(cache, recorder, config, self._ending, allocs=allocs)
+        users = len(trace.per_user)
+        self.workers = workers_for(users, config.max_inflight)
+        self.info.workers = self.workers
+        self.open_loop = config.request_rate > 0
+        priorities = {name: c.priority for name, c in config.qos.items()}
+        self.queue = AdmissionQueue(config.queue_depth if self.open_loop else max(1, users), time.perf_counter,
+                                    aging_s=config.qos_aging_s, max_in_service=self.workers,
+                                    priorities=priorities)
+        recorder.set_sla_targets({name: c.p95_s for name, c in config.qos.items()})
         self._lock = threading.Lock()
-        self._active_users = 0
-        self._ended = threading.Event()  # the last user finished, or one failed
+        self._users: list[_User] = []
+        self._active_users = 0  # users whose request list is not done
+        self._ended = threading.Event()  # the last user finished, or a request failed
         self._ended_ns: int | None = None
+        self._wake = threading.Condition()  # guards the closed-loop heap; notified when it changes
+        self._heap: list[tuple[int, int, _User]] = []  # (send time ns, user index, user)
+        self._idle: deque[_User] = deque()  # open loop: users with no turn in the system, idle longest first
 
-    # -- users ------------------------------------------------------------------------
-    def _user(self, requests: list[Request]) -> None:
-        conversation = None
-        admit = self._admit or nullcontext()
-        try:
-            for req in requests:
-                if self._stop.is_set() or self._stop.wait(req.think_time_s):
-                    return
-                conversation = self.server.conversation_for(req, conversation)
-                submit_ns = time.perf_counter_ns()
+    # -- the arrival processes ----------------------------------------------------------
+    def _offer(self, user: _User, send_ns: int) -> bool:
+        """Queue ``user``'s next turn, sent at ``send_ns``; False when the queue refused it."""
+        req = user.next_request
+        accepted = self.queue.offer((user, req, send_ns), req.qos)
+        if self.open_loop:
+            self.recorder.arrival(req.qos, rejected=not accepted, t_ns=send_ns)
+        return accepted
+
+    def _closed_loop(self) -> None:
+        """Offer each user's turn when its send time comes (one heap, one thread)."""
+        with self._wake:
+            while not self._stop.is_set():
+                if not self._heap:
+                    self._wake.wait(0.25)
+                    continue
+                due = self._heap[0][0]
+                now = time.perf_counter_ns()
+                if due > now:
+                    self._wake.wait(min(0.25, (due - now) / 1e9))
+                    continue
+                _, _, user = heapq.heappop(self._heap)
+                self._offer(user, due)  # never full: the queue holds every user once
+
+    def _open_loop(self, t0: int) -> None:
+        """Seeded Poisson arrivals until the window's end, each carrying an idle user's next turn."""
+        cfg = self.config
+        times = poisson_arrivals(cfg.seed, cfg.request_rate, horizon_s=cfg.warmup_s + cfg.duration_s)
+        self.info.arrivals = len(times)
+        for t in times:
+            due = t0 + int(t * 1e9)
+            delay = (due - time.perf_counter_ns()) / 1e9
+            if (delay > 0 and self._stop.wait(delay)) or self._stop.is_set():
+                return
+            with self._lock:
+                user = self._idle.popleft() if self._idle else None
+            if user is None:
+                self.recorder.arrival(NO_IDLE_USER, rejected=True, t_ns=due)
+                continue
+            if not self._offer(user, due):
                 with self._lock:
-                    self.info.requests_started += 1
-                with admit:  # --kv-max-inflight: wait in the queue for a place in service
-                    served = self.server.serve(req, conversation, submit_ns)
-                if not served:
+                    self._idle.appendleft(user)  # still idle longest: the next arrival takes it
+
+    # -- serving ------------------------------------------------------------------------
+    def _worker(self) -> None:
+        try:
+            while True:
+                taken = self.queue.take()
+                if taken is None:
                     return  # the run is ending
+                user, req, send_ns = taken.item
+                try:
+                    with self._lock:
+                        self.info.requests_started += 1
+                    user.conversation = self.server.conversation_for(req, user.conversation)
+                    served = self.server.serve(req, user.conversation, send_ns)
+                finally:
+                    self.queue.release()
+                if not served:
+                    return  # the run's end cut it short
                 with self._lock:
                     self.info.requests_finished += 1
-            with self._lock:
-                self.info.users_exhausted += 1
+                self._next(user)
         except BaseException as exc:  # a failed I/O ends the run; the scenario reports it
             message = f"{type(exc).__name__}: {exc}"
             self.recorder.error(message)
@@ -92,17 +206,39 @@ class Runner:
                 self.info.errors.append(message)
             self._stop.set()
             self._end_now()
-        finally:
+
+    def _next(self, user: _User) -> None:
+        """``user``'s turn finished: schedule its next one, or count it done."""
+        user.pos += 1
+        req = user.next_request
+        if req is None:
             with self._lock:
+                self.info.users_exhausted += 1
                 self._active_users -= 1
                 last = self._active_users == 0
             if last:
                 self._end_now()
+            return
+        if self.open_loop:
+            with self._lock:
+                self._idle.append(user)
+            return
+        now = time.perf_counter_ns()
+        if req.think_time_s <= 0:
+            self._offer(user, now)  # straight back into the queue, no scheduler hop
+            return
+        with self._wake:
+            heapq.heappush(self._heap, (now + int(req.think_time_s * 1e9), user.index, user))
+            self._wake.notify()
 
     def _end_promptly(self) -> None:
-        """No new requests; those in flight finish their backend call and skip the rest."""
+        """No new requests; waiting ones are never served; those in service finish their
+        backend call and skip the rest."""
         self._stop.set()
         self._ending.set()
+        with self._wake:
+            self._wake.notify_all()
+        self.info.requests_unserved += len(self.queue.close())
         self.cache.end_promptly()
 
     def _end_now(self) -> None:
@@ -112,14 +248,30 @@ class Runner:
         self._ended.set()
 
     def active_users(self) -> int:
+        """Users whose request list is not done (the progress line shows it)."""
         with self._lock:
             return self._active_users
 
+    def _start(self, t0: int) -> list[threading.Thread]:
+        self._users = [_User(u, reqs) for u, reqs in enumerate(self.trace.per_user) if reqs]
+        self._active_users = len(self._users)
+        if not self._users:
+            self._end_now()
+        threads = [threading.Thread(target=self._worker, name=f"kv-worker-{i}", daemon=True)
+                   for i in range(self.workers)]
+        if self.open_loop:
+            self._idle.extend(self._users)
+            threads.append(threading.Thread(target=self._open_loop, args=(t0,), name="kv-arrivals", daemon=True))
+        else:
+            self._heap = [(t0 + int(u.requests[0].think_time_s * 1e9), u.index, u) for u in self._users]
+            heapq.heapify(self._heap)
+            threads.append(threading.Thread(target=self._closed_loop, name="kv-scheduler", daemon=True))
+        for th in threads:
+            th.start()
+        return threads
+
     def run(self) -> RunInfo:
         cfg = self.config
-        threads = [threading.Thread(target=self._user, args=(reqs,), name=f"kv-user-{u}", daemon=True)
-                   for u, reqs in enumerate(self.trace.per_user)]
-        self._active_users = len(threads)
         try:  # RAG documents: stored before any user starts and before the window
             self.server.prepare(self.trace)
         except BaseException:
@@ -127,11 +279,10 @@ class Runner:
             raise
         self.info.started_ns = t0 = time.perf_counter_ns()
         warm_end = t0 + int(cfg.warmup_s * 1e9)
-        # Set before any user starts: I/O completing from warm_end on counts, even when the
+        # Set before any request starts: I/O completing from warm_end on counts, even when the
         # warm-up is 0 and a short trace is done before this thread looks at the clock again.
         self.recorder.open_window(warm_end)
-        for th in threads:
-            th.start()
+        threads = self._start(t0)
         try:
             opened = False
             deadline = t0 + int((cfg.warmup_s + cfg.duration_s) * 1e9)
@@ -159,7 +310,7 @@ class Runner:
             self._end_promptly()
             closed_ns = self.recorder.window_end_ns
             if not _join(threads, _DRAIN_TIMEOUT_S):  # a backend call that does not return
-                self.info.errors.append(f"users still in a backend call {_DRAIN_TIMEOUT_S:g} s after the window closed")
+                self.info.errors.append(f"requests still in a backend call {_DRAIN_TIMEOUT_S:g} s after the window closed")
             self.info.drain_s = round((time.perf_counter_ns() - closed_ns) / 1e9, 3)
         except BaseException:
             self.info.aborted = True
@@ -169,6 +320,8 @@ class Runner:
         finally:
             self.info.finished_ns = time.perf_counter_ns()
             self.info.peak_live_tokens = self.server.peak_live_tokens
+            counts = self.queue.counts()
+            self.info.peak_in_service, self.info.peak_waiting = counts["peak_in_service"], counts["peak_waiting"]
         return self.info
 
 

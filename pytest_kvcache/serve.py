@@ -43,11 +43,15 @@ class RequestServer:
     """Serves requests against ``cache``, recording each finished one in ``recorder``.
 
     ``config`` is the runner's ``RunConfig`` (generation mode, read model, chunk tokens).
-    Thread-safe: any number of users call ``serve`` at once (each with its own sequence).
+    ``allocs``, when given, is held around every cache store, so at most its count of stores
+    allocate at once (MLPerf's ``--max-concurrent-allocs``, set by the load layer).
+    Thread-safe: any number of workers call ``serve`` at once (each with its own sequence).
     """
 
-    def __init__(self, cache: MultiTierCache, recorder: Recorder, config, ending: threading.Event):
+    def __init__(self, cache: MultiTierCache, recorder: Recorder, config, ending: threading.Event,
+                 allocs: threading.Semaphore | None = None):
         self.cache, self.recorder, self.config, self.ending = cache, recorder, config, ending
+        self.allocs = allocs
         self.per_token_s = SECONDS_PER_TOKEN[config.generation_mode]
         self._lock = threading.Lock()
         self._live_tokens = 0
@@ -62,7 +66,7 @@ class RequestServer:
             for block in plan_blocks([doc], self.config.chunk_tokens, doc.source):
                 if self.ending.is_set():
                     return stored
-                stored += self.cache.put(block.key, block.tokens, shared=True) is not None
+                stored += self.cache.put(block.key, block.tokens, shared=True) is not None  # ingest: before the window
         return stored
 
     def conversation_for(self, req: Request, current: BlockSequence | None) -> BlockSequence:
@@ -105,6 +109,7 @@ class RequestServer:
         self.recorder.request(
             end_ns, timings,
             {"requests": 1, "generated_tokens": req.generate_tokens, "context_tokens": req.context_tokens},
+            qos=req.qos,
         )
         return True
 
@@ -152,8 +157,16 @@ class RequestServer:
         for block in blocks:
             if self.ending.is_set():
                 return False
-            self.cache.put(block.key, block.tokens, shared=block.closed)
+            self._put(block.key, block.tokens, shared=block.closed)
         return True
+
+    def _put(self, key: str, tokens: int, shared: bool = False) -> None:
+        """One cache store, within the bound on concurrent allocations when there is one."""
+        if self.allocs is None:
+            self.cache.put(key, tokens, shared=shared)
+            return
+        with self.allocs:
+            self.cache.put(key, tokens, shared=shared)
 
     def _decode(self, req: Request, prompt: Sequence[Block]) -> tuple[int, int, bool]:
         """Pace generation. Returns (generation ns, ns spent re-reading KV in the reference
@@ -181,5 +194,5 @@ class RequestServer:
             if self.ending.is_set():
                 return False
             if self.cache.read(block.key, "decode", block.tokens) is None:
-                self.cache.put(block.key, block.tokens, shared=block.closed)
+                self._put(block.key, block.tokens, shared=block.closed)
         return True

@@ -77,7 +77,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("rag_doc_tokens_min", "count", 0, "RAG: smallest document in tokens (0 = 4,000, or 1,024 for models of 64 layers or more)"),
     Option("rag_doc_tokens_max", "count", 0, "RAG: largest document in tokens (0 = 12,000, or 4,096 for models of 64 layers or more)"),
     Option("rag_top_k", "posint", 2, "RAG: documents each query retrieves (Zipf-skewed, distinct; at most --kv-rag-documents)"),
-    Option("max_inflight", "int", 0, "at most this many requests in service at once; the rest wait in the queue (0 = no limit)"),
+    Option("max_inflight", "int", 0, "at most this many requests in service at once (worker threads); the rest wait in the admission queue (0 = min(users, 256), vLLM's default max_num_seqs)"),
+    Option("request_rate", "nonneg", 0.0, "open-loop arrivals: seeded Poisson requests per second into a bounded admission queue (0 = closed-loop users)"),
+    Option("queue_depth", "int", 64, "open loop: most requests waiting for service; an arrival beyond it is rejected and counted"),
+    Option("max_concurrent_allocs", "int", 0, "at most this many cache stores (allocations) under way at once, as MLPerf's --max-concurrent-allocs (0 = no bound)"),
+    Option("qos_aging", "nonneg", 0.5, "seconds of queue wait per QoS class step up, so batch requests cannot starve (0 = no aging)"),
     Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
     Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
     Option("file_recycle", "choice", "on", "file tier: on = a freed chunk's file is kept and overwritten in place by a later write (no file creation per write); off = unlink on free, create on write", ("on", "off")),
@@ -123,6 +127,10 @@ class Settings:
     rag_doc_tokens_max: int = 0
     rag_top_k: int = 2
     max_inflight: int = 0
+    request_rate: float = 0.0
+    queue_depth: int = 64
+    max_concurrent_allocs: int = 0
+    qos_aging: float = 0.5
     io_block_mb: float = 4.0
     file_io_mode: str = "auto"
     file_recycle: str = "on"
@@ -132,6 +140,7 @@ class Settings:
     plots: str | None = None
     verify: bool = False
     models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
+    qos: dict = field(default_factory=dict)  # QoS class overrides from YAML (load.qos.load_qos)
     threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini
     explicit: frozenset = field(default=frozenset(), compare=False)  # options the user set (any source)
 
@@ -170,7 +179,16 @@ class Settings:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
         out["threshold"] = list(self.threshold)
         out["cache_dir"] = str(self.cache_root)
+        out["qos"] = {name: {"p95_ms": round(c.p95_s * 1e3, 6), "p99_ms": None if c.p99_s is None else round(c.p99_s * 1e3, 6),
+                             "share": c.share} for name, c in self.qos_classes.items()}
         return out
+
+    @property
+    def qos_classes(self) -> dict:
+        """The QoS classes (``load.qos.QoSClass``) with the YAML ``qos:`` overrides applied."""
+        from .load.qos import load_qos
+
+        return load_qos(self.qos or None)
 
 
 def default_cache_root(candidates=None, mounts_file: str = MOUNTS) -> Path:
@@ -263,7 +281,7 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
         number = int(number)
         if opt.kind == "posint" and number < 1:
             raise ConfigError(f"{where} must be at least 1, not {raw!r}; for example {opt.flag} {opt.default}.")
-        if (opt.kind == "count" or opt.name in ("chunk_tokens", "max_inflight")) and number < 0:
+        if (opt.kind == "count" or opt.name in ("chunk_tokens", "max_inflight", "queue_depth", "max_concurrent_allocs")) and number < 0:
             raise ConfigError(f"{where} must be 0 or more, not {raw!r}.")
         return number
     number = float(number)
@@ -275,7 +293,8 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
 
 
 def load_yaml_config(path: str | Path) -> dict:
-    """Read a settings YAML: option names as keys (``-`` or ``_``), plus an optional ``models:``."""
+    """Read a settings YAML: option names as keys (``-`` or ``_``), plus optional ``models:`` and
+    ``qos:`` (class name -> ``{p95_ms, p99_ms, share}``, see ``load.qos.load_qos``)."""
     raw = read_yaml(path, "--kv-config")
     if raw is None:
         return {}
@@ -288,8 +307,8 @@ def load_yaml_config(path: str | Path) -> dict:
             name = name[3:]
         if name in ("thresholds", "criteria"):
             name = "threshold"
-        if name != "models" and (name not in OPTION_BY_NAME or name == "config"):
-            allowed = sorted(n for n in OPTION_BY_NAME if n != "config") + ["models"]
+        if name not in ("models", "qos") and (name not in OPTION_BY_NAME or name == "config"):
+            allowed = sorted(n for n in OPTION_BY_NAME if n != "config") + ["models", "qos"]
             raise ConfigError(f"--kv-config {path}: unknown key {key!r}. Allowed keys: {', '.join(allowed)}.")
         out[name] = value
     return out
@@ -335,12 +354,23 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
     resolve_model(values["model"], models)  # unknown model -> ConfigError listing the known ones
     if values["report"] and str(values["report"]).endswith(".csv"):
         raise ConfigError("--kv-report names the JSON report (a CSV is written beside it); give it a .json name.")
+    qos = yaml_values.get("qos") or {}
+    if qos:
+        from .load.qos import load_qos
+
+        try:
+            load_qos(qos)
+        except ConfigError as exc:
+            raise ConfigError(f"--kv-config {config_path}: {exc}") from None
+    if values["request_rate"] > 0 and values["queue_depth"] < 1:
+        raise ConfigError(f"--kv-queue-depth must be at least 1 with --kv-request-rate {values['request_rate']:g} "
+                          "(open-loop arrivals wait in a bounded queue); for example --kv-queue-depth 64.")
     if values["io_block_mb"] < 0.004:
         raise ConfigError("--kv-io-block-mb must be at least 0.004 (one 4 KiB block).")
     source = sources["threshold"]
     label = next((short for prefix, short in (("command line", "cli"), ("environment", "env"), ("--kv-config", "yaml"),
                                               ("ini", "ini")) if source.startswith(prefix)), source)
-    settings = Settings(**values, models=models, threshold_source=label,
+    settings = Settings(**values, models=models, qos=dict(qos), threshold_source=label,
                         explicit=frozenset(n for n, src in sources.items() if src != "default"))
     settings.check_workload()
     return settings

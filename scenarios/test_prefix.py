@@ -25,17 +25,19 @@ SWEEP_DEFAULTS = {"system_prompt_tokens": 0, "prefix_tokens": 2048, "duration": 
 _sweep: dict[int, dict] = {}
 
 
+@pytest.mark.kv_defaults(**PREFIX_DEFAULTS, prefix_pool=10)
 @pytest.mark.kv_criteria("cache.hit_rate.prefix>=50%")
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_prefix(kv_tiers, kv_run, benchmark):
-    kv_run(kv_tiers, benchmark=benchmark, defaults={**PREFIX_DEFAULTS, "prefix_pool": 10})
+    kv_run(kv_tiers, benchmark=benchmark)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.kv_defaults(**SWEEP_DEFAULTS)
+@pytest.mark.parametrize("pool", [pytest.param(p, marks=pytest.mark.kv_settings(prefix_pool=p)) for p in POOLS])
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_prefix_pool_sweep(kv_tiers, kv_run, pool):
-    result = kv_run(kv_tiers, settings={"prefix_pool": pool}, defaults=SWEEP_DEFAULTS, check=False)
+    result = kv_run(kv_tiers, check=False)
     summary = result.summary
     _sweep[pool] = {"prefix_hit_rate": summary["hit_rates"].get("prefix", {}).get("tokens"),
                     "read_gbps": summary["storage_read_gbps"], "write_gbps": summary["storage_write_gbps"],

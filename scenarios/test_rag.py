@@ -4,7 +4,7 @@ Before any user starts (outside the window) the documents are stored as KV block
 (``--kv-rag-documents``, sized by ``--kv-rag-doc-tokens-min/max`` or the model's default). Each
 query then retrieves ``--kv-rag-top-k`` distinct documents, Zipf-skewed (popular documents
 come back often), loads their blocks as its prompt's prefix, and asks a question. Only this
-scenario runs that workload (``workload: rag``); the tier scenarios keep theirs.
+scenario runs that workload (its ``kv_settings`` marker); the tier scenarios keep theirs.
 
 Figures to read: ``cache.hit_rate.rag`` (document tokens found and read back ÷ document tokens
 looked up; below 1 when documents were evicted and had to be recomputed), ``retrieval.p95``
@@ -23,7 +23,9 @@ import pytest
 RAG_CRITERIA = ("retrieval.p95<=3s", "storage.read_gbps>=0.02GB/s", "cache.hit_rate.rag>=50%")
 
 
+@pytest.mark.kv_settings(workload="rag")
+@pytest.mark.kv_defaults(duration=8.0)
 @pytest.mark.kv_criteria(*RAG_CRITERIA)
 @pytest.mark.parametrize("kv_tiers", ["storage-only", "cpu+storage"], indirect=True)
 def test_rag(kv_tiers, kv_run, benchmark):
-    kv_run(kv_tiers, benchmark=benchmark, settings={"workload": "rag"}, defaults={"duration": 8.0})
+    kv_run(kv_tiers, benchmark=benchmark)

@@ -116,5 +116,14 @@ def test_check_names_the_budget_to_lower():
 
 def test_check_names_users_when_staging_is_the_problem():
     s = build_settings({"users": "1000", "io_block_mb": "64"}, {}, {})
-    with pytest.raises(ConfigError, match="lower --kv-users or --kv-io-block-mb, or free memory"):
+    with pytest.raises(ConfigError, match=r"256 workers x 1 .*lower --kv-max-inflight \(or --kv-users\) or --kv-io-block-mb, or free memory"):
         check_host_memory("storage-only", ("nvme",), s, MemoryLimit(8 * GB, "cgroup"))
+
+
+def test_staging_is_one_buffer_per_worker_not_per_user():
+    """Users are records served by at most min(users, 256) workers (or --kv-max-inflight)."""
+    block = 4 * MiB
+    for users, inflight, workers in ((4, 0, 4), (10_000, 0, 256), (10_000, 16, 16)):
+        s = build_settings({"users": str(users), "max_inflight": str(inflight)}, {}, {})
+        staging = [v for k, v in host_bytes_needed(("nvme",), s).items() if k.startswith("staging")]
+        assert staging == [workers * block]

@@ -97,6 +97,9 @@ def test_ini_settings_and_thresholds(pytester, cache_dir):
         (["--kv-profile", "fastest"], "--kv-profile (command line) must be one of latency, throughput, none"),
         (["--kv-nvme-capacity-gb", "1e9"], "free"),
         (["--kv-report", "out.csv"], "give it a .json name"),
+        (["--kv-request-rate", "-2"], "--kv-request-rate (command line) must be 0 or more"),
+        (["--kv-request-rate", "5", "--kv-queue-depth", "0"], "--kv-queue-depth must be at least 1 with --kv-request-rate"),
+        (["--kv-threshold", "qos.realtime.p95<=50ms"], "unknown metric 'qos.realtime.p95'"),
     ],
 )
 def test_bad_input_is_a_usage_error(pytester, cache_dir, args, needle):
@@ -434,13 +437,15 @@ def no_memory_for_the_arena(monkeypatch):
 WORKLOAD_SCENARIOS = """
 import pytest
 
+@pytest.mark.kv_defaults(system_prompt_tokens=512, prefix_pool=1, prefix_tokens=512)
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_chat(kv_tiers, kv_run):
-    kv_run(kv_tiers, defaults={"system_prompt_tokens": 512, "prefix_pool": 1, "prefix_tokens": 512})
+    kv_run(kv_tiers)
 
+@pytest.mark.kv_settings(workload="rag", rag_documents=3, rag_doc_tokens_max=1024)
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_rag(kv_tiers, kv_run):
-    kv_run(kv_tiers, settings={"workload": "rag", "rag_documents": 3, "rag_doc_tokens_max": 1024})
+    kv_run(kv_tiers)
 
 @pytest.mark.slow
 def test_sweep():
@@ -480,3 +485,43 @@ def test_rag_hit_rate_criterion_is_na_for_chat_and_judged_for_rag(pytester, cach
     assert status["test_chat[storage-only]"]["cache.hit_rate.prefix"] == "pass"
     assert status["test_rag[storage-only]"]["cache.hit_rate.rag"] == "pass"
     assert status["test_rag[storage-only]"]["cache.hit_rate.prefix"] == "n/a"
+
+
+QOS_SCENARIO = """
+import pytest
+
+@pytest.mark.kv_settings(request_rate=200, queue_depth=2, max_inflight=1, users=20)
+@pytest.mark.kv_criteria("qos.interactive.p95<=60s", "requests.offered>=1")
+@pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
+def test_qos(kv_tiers, kv_run):
+    kv_run(kv_tiers)
+"""
+
+
+def test_an_open_loop_scenario_reports_classes_and_rejections(pytester, cache_dir):
+    """The kv_settings marker gives the scenario its own open-loop load; the report, the
+    terminal and JUnit carry per-class figures and the rejected requests."""
+    pytester.makepyfile(test_qos_scn=QOS_SCENARIO)
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-profile", "none",
+                                "--junitxml", "junit.xml", "-rA")
+    result.assert_outcomes(passed=1)
+    scn = report(pytester)["scenarios"][0]
+    assert scn["settings"]["request_rate"] == 200 and scn["settings"]["users"] == 20
+    arrivals = scn["summary"]["arrivals"]
+    assert arrivals["open_loop"] and arrivals["offered"] > 0 and arrivals["rejected"] > 0  # 200/s into 1 worker
+    assert scn["metrics"]["requests.rejected"] == arrivals["rejected"]
+    interactive = scn["summary"]["qos"]["interactive"]
+    assert interactive["p95_target_ms"] == 50 and interactive["offered"] >= interactive["requests"]
+    assert scn["run"]["workers"] == 1 and scn["run"]["peak_in_service"] == 1
+    out = result.stdout.str()
+    assert "open-loop arrivals in the window" in out and "within target" in out
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="kv_requests_rejected"' in junit and "kv_qos_" in junit
+
+
+def test_unknown_qos_class_in_yaml_is_a_usage_error(pytester, cache_dir):
+    cfg = pytester.path / "kv.yaml"
+    cfg.write_text("qos:\n  premium: {p95_ms: 10}\n")
+    result = run(pytester, cache_dir, "--kv-config", str(cfg))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown QoS class 'premium'" in result.stderr.str()

@@ -289,9 +289,9 @@ class PerRequest(Recorder):
         super().__init__()
         self.per_request = []
 
-    def request(self, end_ns, timings, counters):
+    def request(self, end_ns, timings, counters, qos=None):
         self.per_request.append((dict(timings), dict(counters)))
-        super().request(end_ns, timings, counters)
+        super().request(end_ns, timings, counters, qos=qos)
 
 
 def hand_trace(users: int, turns: int, context: int, generate: int) -> Trace:

@@ -146,6 +146,10 @@ NATURAL_YAML = {
     "requests_per_user": ("20", 20),
     "think_time_scale": ("0", 0.0),
     "max_inflight": ("16", 16),
+    "request_rate": ("12.5", 12.5),
+    "queue_depth": ("8", 8),
+    "max_concurrent_allocs": ("4", 4),
+    "qos_aging": ("0", 0.0),
     "io_block_mb": ("1", 1.0),
     "file_io_mode": ("buffered", "buffered"),
     "file_recycle": ("off", "off"),  # YAML reads off as the boolean false
@@ -295,3 +299,36 @@ def test_a_bad_ini_flag_names_its_key(pytester):
 def test_bad_workload_options_name_the_fix(cli, match):
     with pytest.raises(ConfigError, match=match):
         build_settings(cli, {}, {})
+
+
+# -- the load options and the qos: mapping (issue 10 parts 3 and 4) ---------------------------
+
+
+@pytest.mark.parametrize(("cli", "match"), [
+    ({"request_rate": "-1"}, "--kv-request-rate .* must be 0 or more"),
+    ({"request_rate": "5", "queue_depth": "0"}, "--kv-queue-depth must be at least 1 with --kv-request-rate"),
+    ({"queue_depth": "-2"}, "--kv-queue-depth .* must be 0 or more"),
+    ({"max_concurrent_allocs": "-1"}, "--kv-max-concurrent-allocs .* must be 0 or more"),
+    ({"qos_aging": "-0.5"}, "--kv-qos-aging .* must be 0 or more"),
+])
+def test_bad_load_options_are_usage_errors_naming_the_fix(cli, match):
+    with pytest.raises(ConfigError, match=match):
+        build_settings(cli, {}, {})
+
+
+def test_qos_classes_from_yaml(tmp_path):
+    s = _from_yaml(tmp_path, "qos:\n  interactive: {p95_ms: 20, p99_ms: 40}\n  batch: {share: 0}\n")
+    assert s.qos_classes["interactive"].p95_s == pytest.approx(0.02)
+    assert s.qos_classes["batch"].share == 0 and s.qos_classes["responsive"].p95_s == pytest.approx(0.1)
+    assert s.to_dict()["qos"]["interactive"] == {"p95_ms": 20.0, "p99_ms": 40.0, "share": 0.15}
+    assert build_settings({}, {}, {}).qos_classes["interactive"].p95_s == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("qos:\n  realtime: {p95_ms: 10}\n", "unknown QoS class 'realtime'.*rename it"),
+    ("qos:\n  batch: {p95_ms: -1}\n", "positive number of milliseconds"),
+    ("qos: [interactive]\n", "must be a mapping"),
+])
+def test_bad_qos_yaml_is_a_usage_error(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        _from_yaml(tmp_path, text)

@@ -4,11 +4,13 @@ Pure, clock-free building blocks: callers pass times in (the queue takes an inje
 nothing here sleeps or reads a clock.
 """
 
-from .admission import AdmissionQueue, Admitted
+from .admission import DEFAULT_MAX_IN_SERVICE, AdmissionQueue, Admitted, workers_for
 from .arrivals import poisson_arrivals
 from .qos import DEFAULT_QOS, QoSClass, class_mix, load_qos, sla_compliance
 
 __all__ = [
+    "DEFAULT_MAX_IN_SERVICE",
+    "workers_for",
     "DEFAULT_QOS",
     "Admitted",
     "AdmissionQueue",

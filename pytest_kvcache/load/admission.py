@@ -33,6 +33,17 @@ from typing import Any
 from ..errors import ConfigError
 from .qos import DEFAULT_QOS
 
+DEFAULT_MAX_IN_SERVICE = 256
+"""Requests in service when ``--kv-max-inflight`` is 0: at most this many (fewer with fewer
+users). vLLM's scheduler serves at most ``max_num_seqs`` sequences at once, 256 by default
+(``vllm.config.SchedulerConfig.max_num_seqs``)."""
+
+
+def workers_for(users: int, max_inflight: int) -> int:
+    """Worker threads of a run, i.e. the most requests in service at once: ``max_inflight``, or
+    when it is 0, ``min(users, DEFAULT_MAX_IN_SERVICE)``."""
+    return max_inflight if max_inflight > 0 else max(1, min(users, DEFAULT_MAX_IN_SERVICE))
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:

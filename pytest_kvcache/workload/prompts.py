@@ -42,6 +42,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -49,7 +50,7 @@ from ..errors import ConfigError
 from ..rng import derive
 from .blocks import Segment
 from .personas import DEFAULT_PERSONA_MIX, PERSONA_QOS, PERSONAS, QOS_CLASSES
-from .trace import Request, Trace
+from .trace import LazyRequests, Request, Trace
 from .trace import between as _between
 from .trace import unit as _unit
 
@@ -178,51 +179,58 @@ def _picker(mix: dict[str, float]):
     return lambda raw: names[min(bisect.bisect_right(cum, _unit(raw) * cum[-1]), len(names) - 1)]
 
 
-def _length(raws: list[int], i: int, mean: float | None, stddev: float, lo_hi: tuple[int, int]) -> int:
+def _length(raw: tuple[int, int], mean: float | None, stddev: float, lo_hi: tuple[int, int]) -> int:
+    """A turn's length from its two raw draws: uniform in the persona's range, or a positive
+    normal of ``mean``/``stddev``."""
     if mean is None:
-        return _between(raws[2 * i], *lo_hi)
-    return positive_normal_int(raws[2 * i], raws[2 * i + 1], mean, stddev)
+        return _between(raw[0], *lo_hi)
+    return positive_normal_int(raw[0], raw[1], mean, stddev)
 
 
-def _user_requests(p: PromptParams, u: int) -> list[PromptRequest]:
+def _user_stream(p: PromptParams, u: int) -> Iterator[PromptRequest]:
+    """User ``u``'s requests in order, drawn one at a time (``LazyRequests`` reads it).
+
+    Each named stream is consumed in the same order however far the list is read (a persona and
+    a turn count per conversation; two lengths each for input and output, one corpus position,
+    prefix choice, think time and QoS draw per request), so the requests are the same as drawing
+    every stream's values for the whole list at once.
+    """
     n = p.requests_per_user
     s = {name: derive(p.seed, f"prompt.user{u}.{name}").bit_generator for name in _STREAMS}
     pick_persona = _picker(p.persona_mix)
-    plan: list[tuple[str, int, str]] = []  # (conversation_id, turn, persona)
-    conv = 0
-    while len(plan) < n:  # conversations back to back; the last one may be cut short
-        persona = PERSONAS[pick_persona(int(s["persona"].random_raw()))]
-        turns = _between(int(s["turns"].random_raw()), *persona.turns)
-        cid = f"u{u:04d}c{conv:04d}"
-        plan.extend((cid, t, persona.name) for t in range(1, min(turns, n - len(plan)) + 1))
-        conv += 1
-    raw = {name: s[name].random_raw(2 * n).tolist() for name in ("input_length", "output_length")}
-    raw.update({name: s[name].random_raw(n).tolist() for name in ("corpus", "prefix", "think", "qos")})
     pick_qos = _picker(p.qos_mix) if p.qos_mix is not None else None
-    out: list[PromptRequest] = []
-    prefix_id = None
-    for i, (cid, turn, name) in enumerate(plan):
+    conv = turns = turn = 0
+    cid = name = prefix_id = None
+    for i in range(n):  # conversations back to back; the last one may be cut short
+        if turn == turns:
+            name = PERSONAS[pick_persona(int(s["persona"].random_raw()))].name
+            turns = min(_between(int(s["turns"].random_raw()), *PERSONAS[name].turns), n - i)
+            cid, turn, conv = f"u{u:04d}c{conv:04d}", 0, conv + 1
+        turn += 1
         persona = PERSONAS[name]
+        inp, out = (tuple(int(x) for x in s[k].random_raw(2)) for k in ("input_length", "output_length"))
+        corpus, prefix, think, qos = (int(s[k].random_raw()) for k in ("corpus", "prefix", "think", "qos"))
         if turn == 1 and p.prefix_pool:
-            prefix_id = f"pfx{min(int(_unit(raw['prefix'][i]) * p.prefix_pool), p.prefix_pool - 1)}"
+            prefix_id = f"pfx{min(int(_unit(prefix) * p.prefix_pool), p.prefix_pool - 1)}"
         lo, hi = persona.think_time_s
-        out.append(PromptRequest(
+        req = PromptRequest(
             user_id=u, seq=i, conversation_id=cid, turn=turn, persona=name,
-            qos=pick_qos(raw["qos"][i]) if pick_qos else PERSONA_QOS[name],
-            context_tokens=_length(raw["input_length"], i, p.input_mean, p.input_stddev, persona.context_tokens),
-            generate_tokens=_length(raw["output_length"], i, p.output_mean, p.output_stddev, persona.generate_tokens),
-            think_time_s=round((lo + _unit(raw["think"][i]) * (hi - lo)) * p.think_time_scale, 6),
+            qos=pick_qos(qos) if pick_qos else PERSONA_QOS[name],
+            context_tokens=_length(inp, p.input_mean, p.input_stddev, persona.context_tokens),
+            generate_tokens=_length(out, p.output_mean, p.output_stddev, persona.generate_tokens),
+            think_time_s=round((lo + _unit(think) * (hi - lo)) * p.think_time_scale, 6),
             prefix_id=prefix_id,
-            corpus_start=raw["corpus"][i] % p.corpus_tokens if p.corpus_tokens else None,
-        ))
-        out[-1] = dataclasses.replace(out[-1], segments=tuple(prompt_segments(out[-1], p)))
-    return out
+            corpus_start=corpus % p.corpus_tokens if p.corpus_tokens else None,
+        )
+        yield dataclasses.replace(req, segments=tuple(prompt_segments(req, p)))
 
 
 def generate_prompts(params: PromptParams) -> Trace:
-    """The prompt trace: a pure function of ``params`` (same params, same SHA-256)."""
+    """The prompt trace: a pure function of ``params`` (same params, same SHA-256). Each user's
+    list is generated as far as it is read (``trace.LazyRequests``)."""
     params.validate()
-    return Trace(params, [_user_requests(params, u) for u in range(params.users)])
+    return Trace(params, [LazyRequests(_user_stream(params, u), params.requests_per_user)
+                          for u in range(params.users)])
 
 
 def prompt_segments(req: PromptRequest, params: PromptParams) -> list[Segment]:

@@ -19,8 +19,9 @@ import hashlib
 import json
 import math
 import re
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -38,8 +39,11 @@ _ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")  # ids end up inside cache keys and fi
 _INV_2_53 = 1.0 / (1 << 53)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one encoder: json.dumps makes one a call
+
+
 def _canonical_json(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(obj)
 
 
 def _is_int(value) -> bool:
@@ -251,48 +255,101 @@ def between(raw: int, lo: int, hi: int) -> int:
 _unit, _between = unit, between  # former private names, still imported by older modules
 
 
-def _user_requests(params: WorkloadParams, u: int, names: list[str], cum: list[float]) -> list[Request]:
+def _user_stream(params: WorkloadParams, u: int, names: list[str], cum: list[float]) -> Iterator[Request]:
+    """User ``u``'s requests in order, drawn one conversation at a time.
+
+    Each stream is consumed in order (persona and turns per conversation, two lengths and one
+    think time per request), so the requests are the same however far the list is read.
+    """
     n = params.requests_per_user
     streams = {s: derive(params.seed, f"workload.user{u}.{s}").bit_generator
                for s in ("persona", "turns", "lengths", "think")}
-    plan: list[tuple[str, int, str]] = []  # (conversation_id, turn, persona) per request
-    conv = 0
-    while len(plan) < n:  # conversations back to back; the last one may be cut short
-        pick = _unit(int(streams["persona"].random_raw())) * cum[-1]
-        persona = PERSONAS[names[min(bisect.bisect_right(cum, pick), len(names) - 1)]]
-        turns = _between(int(streams["turns"].random_raw()), *persona.turns)
-        cid = f"u{u:04d}c{conv:04d}"
-        plan.extend((cid, t, persona.name) for t in range(1, min(turns, n - len(plan)) + 1))
-        conv += 1
-    lengths = streams["lengths"].random_raw(2 * n).tolist()
-    thinks = streams["think"].random_raw(n).tolist()
     cap = params.max_context_tokens
-    out = []
-    for i, (cid, turn, name) in enumerate(plan):
-        p = PERSONAS[name]
-        context = _between(lengths[2 * i], *p.context_tokens)
+    conv = i = 0
+    while i < n:  # conversations back to back; the last one may be cut short
+        pick = _unit(int(streams["persona"].random_raw())) * cum[-1]
+        p = PERSONAS[names[min(bisect.bisect_right(cum, pick), len(names) - 1)]]
+        turns = min(_between(int(streams["turns"].random_raw()), *p.turns), n - i)
+        cid = f"u{u:04d}c{conv:04d}"
+        lengths = streams["lengths"].random_raw(2 * turns).tolist()
+        thinks = streams["think"].random_raw(turns).tolist()
         lo, hi = p.think_time_s
-        think = (lo + _unit(thinks[i]) * (hi - lo)) * params.think_time_scale
-        out.append(Request(
-            user_id=u, seq=i, conversation_id=cid, turn=turn, persona=name, qos=PERSONA_QOS[name],
-            context_tokens=min(context, cap) if cap else context,
-            generate_tokens=_between(lengths[2 * i + 1], *p.generate_tokens),
-            think_time_s=round(think, 6),
-        ))
-    return out
+        for t in range(turns):
+            context = _between(lengths[2 * t], *p.context_tokens)
+            think = (lo + _unit(thinks[t]) * (hi - lo)) * params.think_time_scale
+            yield Request(
+                user_id=u, seq=i, conversation_id=cid, turn=t + 1, persona=p.name, qos=PERSONA_QOS[p.name],
+                context_tokens=min(context, cap) if cap else context,
+                generate_tokens=_between(lengths[2 * t + 1], *p.generate_tokens),
+                think_time_s=round(think, 6),
+            )
+            i += 1
+        conv += 1
+
+
+class LazyRequests(Sequence):
+    """One user's request list of known length, generated as far as it is read and kept.
+
+    A run that replays a few turns per user of a long trace generates only those (the time to
+    the first I/O does not grow with ``requests_per_user``); hashing or saving the trace reads
+    it all. Equal to any sequence with the same requests. Thread-safe.
+    """
+
+    def __init__(self, source: Iterator[Request], length: int):
+        self._source, self._length = source, length
+        self._done: list[Request] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _upto(self, n: int) -> None:
+        with self._lock:
+            while len(self._done) < n:
+                self._done.append(next(self._source))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        if index >= len(self._done):
+            self._upto(index + 1)
+        return self._done[index]
+
+    def __iter__(self) -> Iterator[Request]:
+        for i in range(self._length):
+            yield self[i]
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence) or len(other) != self._length:
+            return NotImplemented if not isinstance(other, Sequence) else False
+        return all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None
+
+    @property
+    def generated(self) -> int:
+        """How many requests of the list have been generated so far."""
+        return len(self._done)
 
 
 def generate_trace(params: WorkloadParams) -> Trace:
+    """The trace of ``params``: each user's list is generated lazily (``LazyRequests``)."""
     params.validate()
     # Sorted names and zero weights dropped: the draw does not depend on the mix dict's order.
     names = sorted(k for k, w in params.persona_mix.items() if w > 0)
     cum = list(accumulate(float(params.persona_mix[k]) for k in names))
-    return Trace(params, [_user_requests(params, u, names, cum) for u in range(params.users)])
+    return Trace(params, [LazyRequests(_user_stream(params, u, names, cum), params.requests_per_user)
+                          for u in range(params.users)])
 
 
 @dataclass(eq=False)
 class Trace:
-    """``per_user[u]`` is user u's requests in order. Treat as immutable: the hash is cached.
+    """``per_user[u]`` is user u's requests in order (a list, or a ``LazyRequests`` that generates
+    them as they are read). Treat as immutable: the hash is cached.
 
     ``params`` is what the trace was generated from (``WorkloadParams``, ``prompts.PromptParams``
     or ``rag.RagParams``), or None for a hand-written file. ``documents`` are the standalone
