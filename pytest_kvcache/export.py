@@ -16,6 +16,7 @@ from tabulate import tabulate
 from .errors import ConfigError
 from .metrics import HEADLINE
 from .report import SCHEMA_VERSION
+from .result import scenario_id
 
 
 def load_report(path: str | Path) -> dict:
@@ -39,7 +40,7 @@ def scenario_row(report: dict, scn: dict) -> dict:
     """One CSV row: the summary's headline figures (``metrics.HEADLINE``), then per-tier p95s."""
     s = scn.get("summary", {})
     row = {"report": report.get("label", ""), "model": report.get("model", {}).get("name", ""),
-           "scenario": scn["name"], "tiers": ">".join(scn.get("tiers", []))}
+           "scenario": scenario_id(scn), "tiers": ">".join(scn.get("tiers", []))}
     figures = s.get("headline") or {}
     for key, _, _ in HEADLINE:
         row[key] = scn.get("status") if key == "status" else figures.get(key)
@@ -74,10 +75,10 @@ def side_by_side(reports: list[dict]) -> str:
     """One table per scenario, one column per report: the comparison a reader wants."""
     names: list[str] = []
     for r in reports:
-        names += [s["name"] for s in r["scenarios"] if s["name"] not in names]
+        names += [scenario_id(s) for s in r["scenarios"] if scenario_id(s) not in names]
     blocks = []
     for name in names:
-        per = [next((scenario_row(r, s) for s in r["scenarios"] if s["name"] == name), {}) for r in reports]
+        per = [next((scenario_row(r, s) for s in r["scenarios"] if scenario_id(s) == name), {}) for r in reports]
         keys: list[str] = []
         for row in per:
             keys += [k for k in row if k not in keys and k not in ("report", "scenario")]

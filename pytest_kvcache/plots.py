@@ -20,6 +20,7 @@ from .criteria import format_value
 from .metrics import HEADLINE
 from .ops import op_order
 from .report import format_figure
+from .result import scenario_id
 
 PLOTS_MISSING = "plots need matplotlib: pip install 'pytest-kvcache[plots]'"
 
@@ -78,14 +79,14 @@ def _scenario_names(reports: list[dict]) -> list[str]:
     names: list[str] = []
     for rep in reports:
         for sc in rep.get("scenarios", []):
-            if sc.get("name") not in names:
-                names.append(sc.get("name"))
+            if scenario_id(sc) not in names:
+                names.append(scenario_id(sc))
     return names
 
 
 def _find(rep: dict, name: str) -> dict | None:
     for sc in rep.get("scenarios", []):
-        if sc.get("name") == name:
+        if scenario_id(sc) == name:
             return sc
     return None
 

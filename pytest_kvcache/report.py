@@ -144,7 +144,7 @@ def _ratio(dev: dict, kind: str, of: str = "") -> str:
 
 def scenario_text(result) -> str:
     s = result.summary
-    lines = [f"{result.name} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
+    lines = [f"{result.id} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
              f"  {result.question}"]
     no_storage = () if s.get("storage_tier") else (
         "storage_tokens_per_sec", "storage_read_gbps", "storage_write_gbps", "storage_read_tokens_per_generated_token")

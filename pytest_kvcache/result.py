@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from .criteria import Criterion, Outcome, format_value, passed, render_table
 
 
+def scenario_id(scenario: dict) -> str:
+    """A saved scenario's id (``ScenarioResult.id``), also for reports written before it existed."""
+    nodeid = scenario.get("nodeid") or ""
+    return scenario.get("id") or (nodeid.rsplit("::", 1)[-1] if nodeid else scenario["name"])
+
+
 @dataclass
 class ScenarioResult:
     name: str
@@ -28,6 +34,13 @@ class ScenarioResult:
     samples: dict = field(default_factory=dict, repr=False)  # (tier, op) -> latencies in s; not saved
 
     @property
+    def id(self) -> str:
+        """What names this scenario in reports: its test's name with parameters (e.g.
+        ``test_rag[storage-only]``), else its tier configuration's name. Several tests run the
+        same configuration, so ``name`` alone does not tell them apart."""
+        return scenario_id({"name": self.name, "nodeid": self.nodeid})
+
+    @property
     def status(self) -> str:
         if self.run.get("aborted"):
             return "interrupted"
@@ -39,18 +52,18 @@ class ScenarioResult:
         """None when the scenario passed; otherwise what went wrong, with every criterion."""
         lines = []
         if self.errors:
-            lines.append(f"scenario {self.name}: the run failed: " + "; ".join(self.errors[:3]))
+            lines.append(f"scenario {self.id}: the run failed: " + "; ".join(self.errors[:3]))
         elif self.metrics.get("errors.count"):
             first = self.summary.get("errors", {}).get("first", [])
-            lines.append(f"scenario {self.name}: {self.metrics['errors.count']} I/O errors, first: " + "; ".join(first[:3]))
+            lines.append(f"scenario {self.id}: {self.metrics['errors.count']} I/O errors, first: " + "; ".join(first[:3]))
         if self.invariant_problems:
-            lines.append(f"scenario {self.name}: cache invariants broken: " + "; ".join(self.invariant_problems))
+            lines.append(f"scenario {self.id}: cache invariants broken: " + "; ".join(self.invariant_problems))
         if not passed(self.outcomes):
             failed = sum(o.status == "fail" for o in self.outcomes)
-            lines.append(f"scenario {self.name}: {failed} of {len(self.outcomes)} criteria failed")
+            lines.append(f"scenario {self.id}: {failed} of {len(self.outcomes)} criteria failed")
         fix = self.summary.get("entries_dropped", {}).get("fix")
         if fix and any(o.criterion.metric == "cache.entries_dropped" and o.status == "fail" for o in self.outcomes):
-            lines.append(f"scenario {self.name}: {fix}")
+            lines.append(f"scenario {self.id}: {fix}")
         if not lines:
             return None
         if self.outcomes:
@@ -82,7 +95,7 @@ class ScenarioResult:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "nodeid": self.nodeid, "question": self.question, "tiers": self.tiers,
+            "id": self.id, "name": self.name, "nodeid": self.nodeid, "question": self.question, "tiers": self.tiers,
             "status": self.status, "summary": self.summary, "metrics": self.metrics,
             "criteria": [{"criterion": o.criterion.text, "metric": o.criterion.metric, "op": o.criterion.op,
                           "threshold": o.criterion.value, "measured": o.measured, "status": o.status,

@@ -61,3 +61,18 @@ def test_report_command(tmp_path, capsys):
     assert "old" in printed and "new" in printed
     assert out_csv.read_text().count("\n") == 3
     assert main(["report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_scenarios_of_one_tier_configuration_pair_up_by_their_test_id():
+    """test_tiers[storage-only] and test_rag[storage-only] run the same tiers: they are two
+    scenarios in the side-by-side table and the CSV, not one."""
+    two = report("a", 3.0)
+    rag = json.loads(json.dumps(two["scenarios"][0]))
+    two["scenarios"][0]["nodeid"] = "scenarios/test_tiers.py::test_tiers[storage-only]"
+    rag["nodeid"] = "scenarios/test_rag.py::test_rag[storage-only]"
+    two["scenarios"].append(rag)
+    table = side_by_side([two, two])
+    assert "test_tiers[storage-only]\n" in table and "test_rag[storage-only]\n" in table
+    assert [r["scenario"] for r in csv.DictReader(io.StringIO(to_csv([two])))] == [
+        "test_tiers[storage-only]", "test_rag[storage-only]"]
+    assert "storage-only\n" in side_by_side([report("old", 1.0)])  # a report without node ids

@@ -43,7 +43,7 @@ def test_scenarios_run_report_and_clean_up(pytester, cache_dir):
     (cache_dir / "users-own-file.npy").write_bytes(b"keep me")
     result = run(pytester, cache_dir)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*kvcache session report*", "storage-only [[]PASSED]*",
+    result.stdout.fnmatch_lines(["*kvcache session report*", "test_tiers[[]storage-only] [[]PASSED]*",
                                  "*nvme files: * created, * recycled (recycling on)", "*JSON report:*"])
     data = report(pytester)
     assert data["schema_version"] == 2 and data["complete"] is True
@@ -65,7 +65,7 @@ def test_scenarios_run_report_and_clean_up(pytester, cache_dir):
 def test_failing_threshold_fails_the_storage_scenario_with_a_table(pytester, cache_dir):
     result = run(pytester, cache_dir, "--kv-threshold", "nvme.read.p95<=1us")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*storage-only: 1 of * criteria failed*", "*nvme.read.p95 <= 1us*FAIL*cli*"])
+    result.stdout.fnmatch_lines(["*test_tiers[[]storage-only]: 1 of * criteria failed*", "*nvme.read.p95 <= 1us*FAIL*cli*"])
     assert report(pytester)["scenarios"][1]["status"] == "failed"
 
 
@@ -221,7 +221,7 @@ def test_xdist_runs_scenarios_one_at_a_time_and_collects_every_result(pytester, 
     pytest.importorskip("xdist")
     result = run(pytester, cache_dir, "-n", "2", configs=["cpu-only", "storage-only", "cpu+storage"])
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*kvcache session report*", "*storage-only [[]PASSED]*"])
+    result.stdout.fnmatch_lines(["*kvcache session report*", "*test_tiers[[]storage-only] [[]PASSED]*"])
     scenarios = report(pytester)["scenarios"]
     assert sorted(s["name"] for s in scenarios) == ["cpu+storage", "cpu-only", "storage-only"]
     spans = sorted((s["run"]["started_unix"], s["run"]["finished_unix"]) for s in scenarios)
@@ -387,7 +387,7 @@ def test_report_write_failure_keeps_the_terminal_summary(pytester, cache_dir, ho
     result.assert_outcomes(passed=2)
     out = result.stdout.str() + result.stderr.str()
     assert "Traceback" not in out and "INTERNALERROR" not in out
-    result.stdout.fnmatch_lines(["*kvcache session report*", "cpu-only [[]PASSED]*",
+    result.stdout.fnmatch_lines(["*kvcache session report*", "test_tiers[[]cpu-only] [[]PASSED]*",
                                  f"JSON report NOT written: *{pytester.path / 'out'}*{needle}*"])
     assert "JSON report: " not in out
 
@@ -429,7 +429,7 @@ def no_memory_for_the_arena(monkeypatch):
     assert "Traceback" not in out and "Errno 12" not in out
     result.stdout.fnmatch_lines(["*cpu tier: cannot allocate its 0.50 GB arena in host memory (Cannot allocate memory);"
                                  " lower --kv-cpu-mem-gb or free memory.*",
-                                 "*kvcache session report*", "storage-only [[]PASSED]*", "*JSON report:*"])
+                                 "*kvcache session report*", "test_tiers[[]storage-only] [[]PASSED]*", "*JSON report:*"])
     assert [s["name"] for s in report(pytester)["scenarios"]] == ["storage-only"]
     assert list(cache_dir.iterdir()) == []
 
