@@ -199,3 +199,18 @@ def test_qos_mix():
 def test_bad_params_name_the_fix(kw, match):
     with pytest.raises(ConfigError, match=match):
         _params(**kw)
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"system_prompt_tokens": 64}, {"prefix_pool": 3, "prefix_tokens": 32}, {"user_context_tokens": 16},
+    {"requests_per_user": 1}, {"persona_mix": {"document": 1.0}}, {"persona_mix": {"chatbot": 0.0, "coding": 1.0}},
+])
+def test_lookup_kinds_from_the_parameters_match_the_generated_prompts(kw):
+    """The trace answers lookup_kinds from its parameters (a large trace costs seconds to generate):
+    the answer must be what scanning every request finds."""
+    from pytest_kvcache.workload.trace import Trace
+
+    params = PromptParams(**{"seed": 3, "users": 4, "requests_per_user": 30, **kw})
+    trace = generate_prompts(params)
+    scanned = Trace(None, [list(r) for r in trace.per_user]).lookup_kinds()
+    assert trace.lookup_kinds() == scanned

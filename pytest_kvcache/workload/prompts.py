@@ -40,7 +40,6 @@ Errors: ``PromptParams`` raises ``ConfigError`` with a one-paragraph message nam
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,6 +112,18 @@ class PromptParams:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def lookup_kinds(self) -> set[str]:
+        """The lookup kinds this trace's prompts can hit, from the parameters alone (generating
+        the trace to find them costs seconds for a large one): ``prefix`` with a system prompt,
+        a pool or a user context; ``multi_turn`` when a persona of the mix has conversations of
+        more than one turn and a user sends more than one request."""
+        kinds = set()
+        if self.system_prompt_tokens or self.prefix_pool or self.user_context_tokens:
+            kinds.add("prefix")
+        if self.requests_per_user > 1 and any(PERSONAS[k].turns[1] > 1 for k, w in self.persona_mix.items() if w > 0):
+            kinds.add("multi_turn")
+        return kinds
 
     def validate(self) -> None:
         if not _is_int(self.seed):
@@ -187,6 +198,22 @@ def _length(raw: tuple[int, int], mean: float | None, stddev: float, lo_hi: tupl
     return positive_normal_int(raw[0], raw[1], mean, stddev)
 
 
+class _Draws:
+    """One named stream's raw 64-bit draws, taken from the bit generator 256 at a time: the
+    same sequence as drawing them one by one (PCG64's raw output), for a tenth of the calls."""
+
+    __slots__ = ("_gen", "_buf", "_i")
+
+    def __init__(self, gen):
+        self._gen, self._buf, self._i = gen, [], 0
+
+    def next(self) -> int:
+        if self._i == len(self._buf):
+            self._buf, self._i = self._gen.random_raw(256).tolist(), 0
+        self._i += 1
+        return self._buf[self._i - 1]
+
+
 def _user_stream(p: PromptParams, u: int) -> Iterator[PromptRequest]:
     """User ``u``'s requests in order, drawn one at a time (``LazyRequests`` reads it).
 
@@ -196,33 +223,36 @@ def _user_stream(p: PromptParams, u: int) -> Iterator[PromptRequest]:
     every stream's values for the whole list at once.
     """
     n = p.requests_per_user
-    s = {name: derive(p.seed, f"prompt.user{u}.{name}").bit_generator for name in _STREAMS}
+    d = {name: _Draws(derive(p.seed, f"prompt.user{u}.{name}").bit_generator) for name in _STREAMS}
+    inp, out, corpus, prefix, think, qos = (d[k].next for k in
+                                            ("input_length", "output_length", "corpus", "prefix", "think", "qos"))
     pick_persona = _picker(p.persona_mix)
     pick_qos = _picker(p.qos_mix) if p.qos_mix is not None else None
     conv = turns = turn = 0
     cid = name = prefix_id = None
     for i in range(n):  # conversations back to back; the last one may be cut short
         if turn == turns:
-            name = PERSONAS[pick_persona(int(s["persona"].random_raw()))].name
-            turns = min(_between(int(s["turns"].random_raw()), *PERSONAS[name].turns), n - i)
+            name = PERSONAS[pick_persona(d["persona"].next())].name
+            turns = min(_between(d["turns"].next(), *PERSONAS[name].turns), n - i)
             cid, turn, conv = f"u{u:04d}c{conv:04d}", 0, conv + 1
         turn += 1
         persona = PERSONAS[name]
-        inp, out = (tuple(int(x) for x in s[k].random_raw(2)) for k in ("input_length", "output_length"))
-        corpus, prefix, think, qos = (int(s[k].random_raw()) for k in ("corpus", "prefix", "think", "qos"))
+        in_raw, out_raw = (inp(), inp()), (out(), out())
+        corpus_raw, prefix_raw, think_raw, qos_raw = corpus(), prefix(), think(), qos()
         if turn == 1 and p.prefix_pool:
-            prefix_id = f"pfx{min(int(_unit(prefix) * p.prefix_pool), p.prefix_pool - 1)}"
+            prefix_id = f"pfx{min(int(_unit(prefix_raw) * p.prefix_pool), p.prefix_pool - 1)}"
         lo, hi = persona.think_time_s
-        req = PromptRequest(
+        context = _length(in_raw, p.input_mean, p.input_stddev, persona.context_tokens)
+        start = corpus_raw % p.corpus_tokens if p.corpus_tokens else None
+        yield PromptRequest(
             user_id=u, seq=i, conversation_id=cid, turn=turn, persona=name,
-            qos=pick_qos(qos) if pick_qos else PERSONA_QOS[name],
-            context_tokens=_length(inp, p.input_mean, p.input_stddev, persona.context_tokens),
-            generate_tokens=_length(out, p.output_mean, p.output_stddev, persona.generate_tokens),
-            think_time_s=round((lo + _unit(think) * (hi - lo)) * p.think_time_scale, 6),
-            prefix_id=prefix_id,
-            corpus_start=corpus % p.corpus_tokens if p.corpus_tokens else None,
+            qos=pick_qos(qos_raw) if pick_qos else PERSONA_QOS[name],
+            context_tokens=context,
+            generate_tokens=_length(out_raw, p.output_mean, p.output_stddev, persona.generate_tokens),
+            think_time_s=round((lo + _unit(think_raw) * (hi - lo)) * p.think_time_scale, 6),
+            prefix_id=prefix_id, corpus_start=start,
+            segments=tuple(_segments(p, u, cid, turn, prefix_id, context, start)),
         )
-        yield dataclasses.replace(req, segments=tuple(prompt_segments(req, p)))
 
 
 def generate_prompts(params: PromptParams) -> Trace:
@@ -236,16 +266,22 @@ def generate_prompts(params: PromptParams) -> Trace:
 def prompt_segments(req: PromptRequest, params: PromptParams) -> list[Segment]:
     """The segments a turn adds to its conversation's ``BlockSequence`` before the lookup:
     on turn 1 the system prompt, the pool prefix and the user context, then the new text."""
+    return _segments(params, req.user_id, req.conversation_id, req.turn, req.prefix_id,
+                     req.context_tokens, req.corpus_start)
+
+
+def _segments(params: PromptParams, user_id: int, conversation_id: str, turn: int, prefix_id: str | None,
+              context_tokens: int, corpus_start: int | None) -> list[Segment]:
     out: list[Segment] = []
-    if req.turn == 1:
+    if turn == 1:
         out.append(Segment("system", "sys", params.system_prompt_tokens))
-        if req.prefix_id is not None:
-            out.append(Segment("prefix", req.prefix_id, params.prefix_tokens))
-        out.append(Segment("prefix", f"user{req.user_id}", params.user_context_tokens))
-    if req.corpus_start is not None:
-        out.append(Segment("new", "corpus", req.context_tokens, start=req.corpus_start))
+        if prefix_id is not None:
+            out.append(Segment("prefix", prefix_id, params.prefix_tokens))
+        out.append(Segment("prefix", f"user{user_id}", params.user_context_tokens))
+    if corpus_start is not None:
+        out.append(Segment("new", "corpus", context_tokens, start=corpus_start))
     else:
-        out.append(Segment("new", f"{req.conversation_id}.in{req.turn}", req.context_tokens))
+        out.append(Segment("new", f"{conversation_id}.in{turn}", context_tokens))
     return [seg for seg in out if seg.tokens]
 
 

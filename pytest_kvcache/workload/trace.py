@@ -377,7 +377,10 @@ class Trace:
 
     def lookup_kinds(self) -> set[str]:
         """The lookup kinds this trace's prompts can hit: ``prefix`` (a system prompt, a pool
-        prefix or a per-user context), ``rag`` (documents), ``multi_turn`` (a later turn)."""
+        prefix or a per-user context), ``rag`` (documents), ``multi_turn`` (a later turn).
+        Parameters that know it answer without generating the trace (``PromptParams``)."""
+        if hasattr(self.params, "lookup_kinds"):
+            return self.params.lookup_kinds()
         kinds = set()
         for r in self.requests():
             if r.turn > 1:
