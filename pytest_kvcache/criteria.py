@@ -569,6 +569,8 @@ def format_value(metric: str, value: float | None) -> str:
         return f"{_num(value)} GB/s"
     if kind == "fraction":
         return f"{_num(value * 100)}%"
+    if kind == "ratio":
+        return f"{value:#.3g}" if abs(value) < 99.95 else _num(value)  # 1.00, not 1: a ratio keeps its digits
     if float(value).is_integer():
         return f"{value:,.0f}"
     return _num(value)
