@@ -23,11 +23,11 @@ from pytest_kvcache.settings import build_settings
 # -- the policies, on fed figures -------------------------------------------------------
 def test_qos_scales_up_below_the_low_mark_then_cools_down():
     policy = QosPolicy(target=0.8, max_users=100)
-    d = policy.decide(8, 0.3)
-    assert (d.users, d.decision) == (10, "up") and "low mark 0.70" in d.reason
+    d = policy.decide(8, 0.5)
+    assert (d.users, d.decision) == (10, "up") and "< low mark 0.70" in d.reason
     for _ in range(COOLDOWN_STEPS):  # the next decisions hold, however low the saturation
         assert policy.decide(10, 0.1).decision == "hold"
-    assert policy.decide(10, 0.1).decision == "up"
+    assert policy.decide(10, 0.1).users == 20  # far below the low mark: doubles
 
 
 def test_qos_scales_down_above_the_high_mark_and_holds_inside_the_band():
@@ -35,8 +35,10 @@ def test_qos_scales_down_above_the_high_mark_and_holds_inside_the_band():
     d = policy.decide(8, 1.5)
     assert (d.users, d.decision) == (6, "down") and "high mark 0.90" in d.reason
     policy.decide(6, 1.5)  # cooldown
-    assert policy.decide(6, 0.85).decision == "hold"
-    assert policy.decide(6, 0.75).decision == "hold"
+    assert policy.decide(6, 2.0).users == 3  # far above the high mark: halves
+    policy.decide(3, 1.5)  # cooldown
+    assert policy.decide(3, 0.85).decision == "hold"
+    assert policy.decide(3, 0.75).decision == "hold"
     assert policy.decide(1, 5.0).decision == "hold"  # never below one user
     assert policy.decide(100, 0.0).decision == "hold"  # never above the most users
     assert policy.decide(6, None).decision == "hold"  # no sample: no figure to act on
@@ -207,3 +209,46 @@ def test_step_figures_count_only_what_completed_in_the_step():
     assert step.gbps("nvme") == pytest.approx(300 / 1e9) and step.gbps("cpu") is None
     assert step.percentile(step.io[("nvme", "read")], 95) == pytest.approx(500e-9)
     assert step.percentile(step.qos_e2e["interactive"], 95) == pytest.approx(7e-6)
+
+
+# -- the report ---------------------------------------------------------------------------------
+def test_sla_search_scenario_reports_its_steps_knee_and_criteria(tmp_path):
+    from test_engine import settings_for
+
+    from pytest_kvcache.backends import default_registry
+    from pytest_kvcache.criteria import Criterion
+    from pytest_kvcache.engine import provision, run_scenario
+    from pytest_kvcache.models import resolve_model
+    from pytest_kvcache.report import scenario_text
+    from pytest_kvcache.tiers import TIER_CONFIGS
+    from pytest_kvcache.workload import WorkloadParams, generate_trace
+
+    s = settings_for(tmp_path, autoscale="sla-search", users=1, autoscale_max_users=2, autoscale_interval=0.3,
+                     duration=20, requests_per_user=400, sla_metric="storage.write.p95", sla_target_ms=60_000)
+    trace = generate_trace(WorkloadParams(seed=1, users=2, requests_per_user=400, think_time_scale=0,
+                                          max_context_tokens=512))
+    criteria = [Criterion.parse(t, "cli") for t in ("sla_search.users>=1", "sla_search.p95<=60s", "autoscale.users>=1")]
+    prov = provision(TIER_CONFIGS["storage-only"], s, default_registry())
+    try:
+        result = run_scenario(prov, s, resolve_model(s.model), trace, criteria)
+    finally:
+        prov.close()
+    block = result.to_dict()["summary"]["sla_search"]
+    assert [st["users"] for st in block["steps"]] == [1, 2] and block["knee_users"] == 2
+    assert {"t_s", "users", "users_served", "storage_gbps", "sla_p95_s", "decision", "reason"} <= set(block["steps"][0])
+    assert result.metrics["sla_search.users"] == 2 and result.metrics["sla_search.p95"] == block["knee_p95_s"]
+    status = {o.criterion.metric: (o.status, o.reason) for o in result.outcomes}
+    assert status["sla_search.users"][0] == status["sla_search.p95"][0] == "pass"
+    assert status["autoscale.users"][0] == "n/a" and "does not autoscale" in status["autoscale.users"][1]
+    assert "SLA search (storage.write.p95 <= 60000 ms): knee at 2 users" in scenario_text(result)
+
+
+def test_scaling_plot_is_drawn_for_autoscale_scenarios(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pytest_kvcache.plots import render_plots
+
+    steps = [{"t_s": 1.0, "users": 2, "storage_gbps": 0.5}, {"t_s": 3.0, "users": 3, "storage_gbps": None}]
+    report = {"scenarios": [{"name": "storage-only", "id": "a", "summary": {"autoscale": {"steps": steps}}},
+                            {"name": "storage-only", "id": "b", "summary": {}}]}
+    render_plots(report, tmp_path)
+    assert (tmp_path / "a-scaling.png").stat().st_size > 0 and not (tmp_path / "b-scaling.png").exists()

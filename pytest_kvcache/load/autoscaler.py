@@ -11,7 +11,8 @@ changes the real load.
 
   (``--kv-sla-metric``, ``--kv-sla-target-ms``; 1.0 = exactly at the SLA). Below
   ``target - BAND`` it adds users, above ``target + BAND`` it removes them (a quarter of the
-  current count, at least one), and after any change it holds for ``COOLDOWN_STEPS`` steps so
+  current count, at least one; below half the low mark it doubles them, above twice the high
+  mark it halves them), and after any change it holds for ``COOLDOWN_STEPS`` steps so
   the next decision sees the new load settled. The settled count is the last step's users.
 - ``CapacityPolicy`` (``--kv-autoscale capacity``): grows users by half (at least one) while
   the storage tier's GB/s over the step rises by more than ``MIN_GAIN`` over the best so far;
@@ -99,14 +100,17 @@ class QosPolicy:
             if users >= self.max_users:
                 return Decision(users, "hold", f"saturation {saturation:.2f} < low mark {self.low:.2f} but at the most users")
             self._cooldown = COOLDOWN_STEPS
-            return Decision(min(self.max_users, _grow(users, 0.25)), "up",
-                            f"saturation {saturation:.2f} < low mark {self.low:.2f}")
+            far = saturation < self.low / 2
+            return Decision(min(self.max_users, _grow(users, 1.0 if far else 0.25)), "up",
+                            f"saturation {saturation:.2f} < {'half the ' if far else ''}low mark {self.low:.2f}")
         if saturation > self.high:
             if users <= self.min_users:
                 return Decision(users, "hold", f"saturation {saturation:.2f} > high mark {self.high:.2f} but at the fewest users")
             self._cooldown = COOLDOWN_STEPS
-            return Decision(max(self.min_users, users - max(1, math.ceil(users * 0.25))), "down",
-                            f"saturation {saturation:.2f} > high mark {self.high:.2f}")
+            far = saturation > self.high * 2
+            cut = users // 2 if far else max(1, math.ceil(users * 0.25))
+            return Decision(max(self.min_users, users - cut), "down",
+                            f"saturation {saturation:.2f} > {'twice the ' if far else ''}high mark {self.high:.2f}")
         return Decision(users, "hold", f"saturation {saturation:.2f} within [{self.low:.2f}, {self.high:.2f}]")
 
 
