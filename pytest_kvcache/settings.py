@@ -161,6 +161,12 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
+    def most_users(self) -> int:
+        """The most closed-loop users the run may have: ``--kv-users``, or with --kv-autoscale
+        ``--kv-autoscale-max-users`` when larger (the trace holds that many users)."""
+        return self.users if self.autoscale == "off" else max(self.users, self.autoscale_max_users)
+
+    @property
     def cache_root(self) -> Path:
         """``--kv-cache-dir``, else ``default_cache_root()`` (which may raise ConfigError)."""
         return Path(self.cache_dir) if self.cache_dir else default_cache_root()

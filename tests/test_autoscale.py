@@ -252,3 +252,14 @@ def test_scaling_plot_is_drawn_for_autoscale_scenarios(tmp_path):
                             {"name": "storage-only", "id": "b", "summary": {}}]}
     render_plots(report, tmp_path)
     assert (tmp_path / "a-scaling.png").stat().st_size > 0 and not (tmp_path / "b-scaling.png").exists()
+
+
+def test_the_trace_and_the_memory_check_count_the_most_users_of_the_pool():
+    from pytest_kvcache.memory import host_bytes_needed
+    from pytest_kvcache.session import workload_params
+
+    fixed = build_settings({"users": "4"}, {}, {})
+    scaled = fixed.replace(autoscale="capacity", autoscale_max_users=40)
+    assert (fixed.most_users, scaled.most_users) == (4, 40)
+    assert workload_params(scaled).users == 40 and workload_params(fixed).users == 4
+    assert sum(host_bytes_needed(("nvme",), scaled).values()) > sum(host_bytes_needed(("nvme",), fixed).values())
