@@ -132,7 +132,7 @@ def test_users_are_really_added_and_removed_while_the_run_goes_on():
     trace = hand_trace(10, turns=400, context=64, think=(0.0,))
     info, rec, runner, _ = run(trace, latency=0.002, on_tick=tick, duration_s=2.5, start_users=2)
     assert info.errors == []
-    assert phases[0] == {0, 1}
+    assert phases[0] and phases[0] <= {0, 1}  # only the 2 starting users
     assert phases[1] == set(range(6))  # 4 users added, each running its own trace requests
     assert phases[2] <= set(range(6)) and {0, 1, 2} <= phases[2]
     assert runner.active_users() == 3
@@ -157,7 +157,7 @@ def test_removed_user_finishes_its_request_and_readded_user_goes_on():
 
 # -- the scaler on a mock run ---------------------------------------------------------------
 def _scaler(mode, **kw):
-    s = SimpleNamespace(autoscale=mode, autoscale_interval=0.4, sla_metric="gpu.read.p95", sla_target_ms=50.0,
+    s = SimpleNamespace(autoscale=mode, autoscale_interval=0.6, sla_metric="gpu.read.p95", sla_target_ms=50.0,
                         users=2, autoscale_max_users=8, autoscale_target=0.8)
     s.__dict__.update(kw)
     return UserScaler(s, storage_tier="gpu")
