@@ -19,9 +19,13 @@ changes the real load.
   stops after ``STOP_AFTER`` steps that do not, or at the most users. Reports the peak GB/s and
   the users at the peak.
 - ``SlaSearch`` (``--kv-autoscale sla-search``): the most users whose step p95 of the SLA metric
-  meets the target, as AIPerf's max-concurrency-under-SLA search: double from the starting
-  count until a step misses the target (or the most users pass), then bisect between the last
-  count that met it and the first that missed. The knee is the largest count that met it.
+  meets the target, the question AIPerf's "adaptive scale" answers for a server in one run
+  (raise the load while every SLA window passes; docs.nvidia.com/aiperf, tutorials,
+  metrics-analysis/adaptive-scale) and SageMaker's find-max-concurrency search: double from the
+  starting count until a step misses the target (or the most users pass), then bisect between
+  the last count that met it and the first that missed. The knee is the largest count that met
+  it; with noisy short steps a count above the knee may have passed once (the bisection trusts
+  each step), so longer intervals give a steadier knee.
 """
 
 from __future__ import annotations
