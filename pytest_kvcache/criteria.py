@@ -78,6 +78,12 @@ FIXED_METRICS: dict[str, str] = {
     "device.read_ratio": "ratio",
     "device.write_ratio": "ratio",
     "storage.memory_tiers": "count",
+    # --kv-autoscale (scaling.UserScaler): qos = the users it settled on, capacity = the users at
+    # the peak storage GB/s of a step; sla-search = the most users whose step p95 met the target
+    "autoscale.users": "count",
+    "autoscale.peak_gbps": "throughput",
+    "sla_search.users": "count",
+    "sla_search.p95": "latency",
     # open-loop arrivals (--kv-request-rate) in the window, and those refused (queue full or no
     # idle user): figures of the load, not errors
     "requests.offered": "count",

@@ -31,6 +31,7 @@ from .payload import NoiseSource, StagingBuffers, Verifier
 from .recorder import Recorder
 from .result import ScenarioResult
 from .runner import RunConfig, Runner
+from .scaling import UserScaler
 from .settings import Settings
 from .tiers import TierConfig, tier_specs
 from .workload import Trace
@@ -40,7 +41,9 @@ MiB = 1 << 20
 IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_block_mb", "max_inflight",
                        "request_rate", "queue_depth", "max_concurrent_allocs", "qos_aging", "qos",
                        "gpu_mem_gb", "cpu_mem_gb", "nvme_capacity_gb", "file_io_mode", "file_recycle",
-                       "duration", "warmup", "verify")
+                       "duration", "warmup", "verify",
+                       "autoscale", "autoscale_interval", "autoscale_max_users", "autoscale_target", "sla_metric",
+                       "sla_target_ms")
 """Settings besides the trace that change which I/O a scenario does (the workload hash covers them)."""
 
 
@@ -172,8 +175,12 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         device = DeviceWindow(None, reason=f"the {storage} tier's backend ({storage_backend.name}) keeps "
                                            "no files in the run directory")
 
+    scaler = UserScaler(settings, storage) if settings.autoscale != "off" else None
+
     def tick(runner, elapsed_s):
         recorder.sample_occupancy({t: o["bytes"] for t, o in cache.occupancy().items()})
+        if scaler is not None:
+            scaler.tick(runner, elapsed_s)
         if on_tick is not None:
             on_tick(runner, elapsed_s)
 
@@ -184,9 +191,10 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         request_rate=settings.request_rate, queue_depth=settings.queue_depth,
         max_concurrent_allocs=settings.max_concurrent_allocs, qos=settings.qos_classes,
         qos_aging_s=settings.qos_aging, seed=settings.seed,
+        start_users=settings.users if scaler is not None else 0,
     ), window_hooks=(device,) if device else (), on_tick=tick)
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
-               storage, started=time.time())  # wall clock: the report only
+               storage, started=time.time(), scaler=scaler)  # wall clock: the report only
     # The trace hash covers every request (users x requests per user), generated as far as
     # the run reads them: take it before the run, so neither the first I/O nor the end of the
     # window waits for it (about 60 us a request on the 2-core VM; cached on the trace)
@@ -224,6 +232,7 @@ class _Run:
     storage_tier: str | None  # the last tier that is a drive, whose bytes the device counters check
     started: float
     trace_hash_s: float | None = None  # seconds hashing the trace before the run (0 when cached)
+    scaler: UserScaler | None = None  # --kv-autoscale: the user pool's steps
 
     def _device_counters(self) -> tuple[dict, dict[str, float]]:
         """The device counters over the window beside our storage-tier bytes, and the ratios
@@ -265,6 +274,9 @@ class _Run:
         # "how much memory do I need"; a tier smaller than this must demote or evict).
         summary["kv_working_set_peak_bytes"] = info.peak_live_tokens * self.model.bytes_per_token
         flat["cache.entries_dropped"] = cache.dropped
+        if self.scaler is not None:
+            summary["sla_search" if self.scaler.mode == "sla-search" else "autoscale"] = self.scaler.summary()
+            flat.update({k: v for k, v in self.scaler.metrics().items() if v is not None})
         summary["entries_dropped"] = self._dropped()
         outcomes = evaluate(self.criteria, flat, prov.tier_names, self._absent(device_counters))
         result = ScenarioResult(
@@ -327,6 +339,15 @@ class _Run:
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
         if self.prov.ctx.verifier is None:
             absent["verify."] = "--kv-verify is off"
+        mode = self.settings.autoscale
+        if mode in ("off", "sla-search"):
+            absent["autoscale."] = "this scenario does not autoscale its users (--kv-autoscale qos or capacity)"
+        if mode != "sla-search":
+            absent["sla_search."] = "this scenario runs no SLA search (--kv-autoscale sla-search)"
+        if self.scaler is not None:
+            for key, value in self.scaler.metrics().items():
+                if value is None:
+                    absent[key] = f"the {mode} scaler found no figure: {self.scaler.summary()['stopped']}"
         if self.settings.request_rate <= 0:
             absent["requests.rejected"] = ("closed-loop users are never rejected; set --kv-request-rate for open-loop "
                                            "arrivals into a bounded queue")

@@ -149,7 +149,7 @@ def host_bytes_needed(tiers: tuple[str, ...] | list[str], settings: Settings) ->
 
     block = max(BLOCK, -(-int(settings.io_block_mb * MiB) // PAGE) * PAGE)
     per_user = 1 + bool(settings.verify) + ("gpu" in tiers)
-    workers = workers_for(settings.users, settings.max_inflight)
+    workers = workers_for(settings.most_users, settings.max_inflight)
     parts = {}
     if "cpu" in tiers:
         parts["cpu tier (--kv-cpu-mem-gb)"] = int(settings.cpu_mem_gb * GB)

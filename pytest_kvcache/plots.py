@@ -205,6 +205,36 @@ def _plot_throughput(name: str, runs: list[tuple[str, dict | None]], path: Path)
     _finish(fig, ax, path, drawn)
 
 
+def _plot_scaling(name: str, runs: list[tuple[str, dict | None]], path: Path) -> None:
+    """Users in the pool and storage GB/s per step of --kv-autoscale (summary.autoscale or
+    summary.sla_search): users on the left axis, GB/s on the right."""
+    fig, ax = _new_axes(f"{name}: users and storage throughput per step", "step start (s into the run)", "users")
+    right = ax.twinx()
+    right.set_ylabel("storage GB/s over the step")
+    multi = len(runs) > 1
+    drawn = 0
+    for i, (label, sc) in enumerate(runs):
+        s = (sc or {}).get("summary", {})
+        steps = (s.get("autoscale") or s.get("sla_search") or {}).get("steps") or []
+        if not steps:
+            continue
+        t = [st["t_s"] for st in steps]
+        ax.step(t, [st["users"] for st in steps], where="post", color="C0", marker="o",
+                label=_line_label(label, "users", multi), **{k: v for k, v in _style(i, multi).items() if k == "linestyle"})
+        right.plot(t, [st["storage_gbps"] for st in steps], color="C1", marker="s",
+                   label=_line_label(label, "storage GB/s", multi))
+        drawn += 2
+    ax.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
+    if drawn:
+        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+        ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
+        fig.savefig(path, format="png", metadata={"Software": None})
+    else:
+        _finish(fig, ax, path, 0)
+
+
 def _plot_occupancy(name: str, runs: list[tuple[str, dict | None]], path: Path) -> None:
     fig, ax = _new_axes(f"{name}: tier occupancy over time", "time in window (s)", "used (GB)")
     multi = len(runs) > 1
@@ -365,7 +395,7 @@ def _report_table(labels, reports) -> list[str]:
 
 
 def render_plots(reports: list[dict], out_dir: Path, labels: list[str] | None = None) -> Path:
-    """Write three PNGs per scenario and ``index.html`` into ``out_dir``; return the index path.
+    """Write three PNGs per scenario (a fourth, users and GB/s per step, for --kv-autoscale) and ``index.html`` into ``out_dir``; return the index path.
 
     ``reports``: loaded JSON session reports; several are compared side by side. ``labels``:
     one per report (e.g. the file stems); otherwise each report's ``label`` or "report N".
@@ -402,6 +432,10 @@ def render_plots(reports: list[dict], out_dir: Path, labels: list[str] | None = 
             fname = f"{stems[name]}-{kind}.png"
             draw(str(name), runs, out_dir / fname)
             files.append((fname, what))
+        if any((sc or {}).get("summary", {}).get(key) for _, sc in runs for key in ("autoscale", "sla_search")):
+            fname = f"{stems[name]}-scaling.png"
+            _plot_scaling(str(name), runs, out_dir / fname)
+            files.append((fname, "users and storage throughput per autoscaler step"))
         images[name] = files
 
     title = "pytest-kvcache: " + (labels[0] if len(labels) == 1 else " vs ".join(labels))

@@ -97,6 +97,36 @@ class OpTotals:
     latency: Series = field(default_factory=Series)
 
 
+class StepFigures:
+    """What completed during one autoscaler step (``Recorder.begin_step`` .. ``end_step``):
+    data-op bytes per (tier, op) of transfers that completed in it, latencies of I/Os that
+    completed in it, and the e2e latency of requests that finished in it (all, and per QoS
+    class). Its own window, independent of the scenario's."""
+
+    def __init__(self, start_ns: int):
+        self.start_ns, self.end_ns = start_ns, None
+        self.bytes: dict[tuple[str, str], int] = {}
+        self.io: dict[tuple[str, str], Series] = {}
+        self.e2e = Series(seed=1)
+        self.qos_e2e: dict[str, Series] = {}
+        self.requests = 0
+
+    @property
+    def seconds(self) -> float:
+        return ((self.end_ns or time.perf_counter_ns()) - self.start_ns) / 1e9
+
+    def gbps(self, tier: str) -> float | None:
+        """Data-op GB/s of ``tier`` over the step; None when nothing moved (no figure, not 0)."""
+        moved = sum(n for (t, _), n in self.bytes.items() if t == tier)
+        return moved / self.seconds / 1e9 if moved and self.seconds > 0 else None
+
+    def percentile(self, series: Series | None, pct: float) -> float | None:
+        """``pct`` percentile of ``series`` in seconds; None without samples."""
+        if series is None or not series.count:
+            return None
+        return float(np.percentile(np.frombuffer(series.samples, dtype=np.int64) / 1e9, pct))
+
+
 class Progress(NamedTuple):
     """The window so far, for a live display: I/Os of every op, bytes of data ops, seconds."""
 
@@ -130,6 +160,20 @@ class Recorder:
         self.qos_requests: dict[str, dict[str, Series]] = {}
         self.qos_within: dict[str, int] = {}
         self.arrivals: dict[str, list[int]] = {}
+        self._step: StepFigures | None = None  # the autoscaler's step being measured
+
+    def begin_step(self, t_ns: int | None = None) -> None:
+        """Start measuring an autoscaler step at ``t_ns`` (now): ``StepFigures``."""
+        with self._lock:
+            self._step = StepFigures(time.perf_counter_ns() if t_ns is None else t_ns)
+
+    def end_step(self, t_ns: int | None = None) -> StepFigures | None:
+        """End the step begun last (None if none) at ``t_ns`` (now) and return its figures."""
+        with self._lock:
+            step, self._step = self._step, None
+        if step is not None:
+            step.end_ns = time.perf_counter_ns() if t_ns is None else t_ns
+        return step
 
     def set_sla_targets(self, p95_s: dict[str, float]) -> None:
         """Each QoS class's p95 target in seconds: a finished request within it counts toward
@@ -178,6 +222,13 @@ class Recorder:
             tot = self.total.setdefault(key, [0, 0])
             tot[0] += res.complete  # a cut I/O (errors.IOCut) adds its bytes, not a count
             tot[1] += res.nbytes if moves_bytes else 0
+            step = self._step
+            if step is not None:
+                moved = sum(n for _, end, n in parts if end >= step.start_ns)
+                if moved:
+                    step.bytes[key] = step.bytes.get(key, 0) + moved
+                if res.complete and res.end_ns >= step.start_ns:
+                    step.io.setdefault(key, Series(cap=20_000)).add(res.dur_ns)
             ws, we = self.window_start_ns, self.window_end_ns
             if ws is None:
                 return
@@ -224,6 +275,12 @@ class Recorder:
         """One finished request: ``timings`` in ns (e2e, queue_wait, ...), ``counters`` summed;
         with its QoS class ``qos``, its e2e, queue wait and TTFT count for the class too."""
         with self._lock:
+            step = self._step
+            if step is not None and end_ns >= step.start_ns and "e2e" in timings:
+                step.requests += 1
+                step.e2e.add(timings["e2e"])
+                if qos is not None:
+                    step.qos_e2e.setdefault(qos, Series(cap=20_000)).add(timings["e2e"])
             if not self.in_window(end_ns):
                 return
             for name, value in timings.items():

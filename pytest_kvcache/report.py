@@ -124,6 +124,37 @@ def qos_table(summary: dict) -> str:
     return tabulate(rows, headers=headers, tablefmt="simple")
 
 
+def _s_ms(seconds) -> str:
+    return _ms(None if seconds is None else seconds * 1e3)
+
+
+def scaling_text(summary: dict) -> str:
+    """The autoscaler's or SLA search's steps as a table under its outcome; empty without one."""
+    block, kind = summary.get("autoscale"), "autoscale"
+    if not block:
+        block, kind = summary.get("sla_search"), "sla_search"
+    if not block:
+        return ""
+    if kind == "sla_search":
+        knee = block.get("knee_users")
+        head = (f"SLA search ({block['sla_metric']} <= {block['sla_target_s'] * 1e3:g} ms): "
+                + (f"knee at {knee} users, p95 {_s_ms(block['knee_p95_s'])} ms" if knee else "no user count met the target"))
+    elif block["mode"] == "capacity":
+        head = (f"autoscale capacity: peak {format_figure(block.get('peak_gbps'), 'GB/s')} at "
+                f"{block.get('peak_users')} users")
+    else:
+        head = (f"autoscale qos (target saturation {block['target_saturation']:g} = step p95 of {block['sla_metric']} / "
+                f"{block['sla_target_s'] * 1e3:g} ms): settled at {block.get('settled_users')} users")
+    rows = [[f"{st['t_s']:.1f}", st["users"], st["users_served"], st["requests"],
+             "n/a" if st["storage_gbps"] is None else f"{st['storage_gbps']:.3f}", _s_ms(st["sla_p95_s"]),
+             *([("n/a" if st.get("saturation") is None else f"{st['saturation']:.2f}")] if "saturation" in st else []),
+             st["decision"], st["reason"]] for st in block["steps"]]
+    headers = ["t s", "users", "served", "requests", "GB/s", "SLA p95 ms",
+               *(["saturation"] if block["steps"] and "saturation" in block["steps"][0] else []), "decision", "reason"]
+    table = tabulate(rows, headers=headers, tablefmt="simple") if rows else "(no step was measured)"
+    return f"  {head}; stopped: {block['stopped']}\n{table}"
+
+
 def arrivals_text(summary: dict) -> str | None:
     """One line on open-loop arrivals and rejections, or None for closed-loop users."""
     a = summary.get("arrivals") or {}
@@ -179,6 +210,9 @@ def scenario_text(result) -> str:
     if arrivals:
         lines.append(f"  {arrivals}")
     table = qos_table(s)
+    if table:
+        lines.append(table)
+    table = scaling_text(s)
     if table:
         lines.append(table)
     if result.outcomes:

@@ -17,6 +17,12 @@ queue:
   finds the queue full (``queue_depth`` waiting) is rejected, and one that finds every user busy
   is rejected as ``no_idle_user``: both are figures of the run, not errors.
 
+The closed-loop user pool can change during the run (``set_active_users``, used by
+``scaling.UserScaler`` for ``--kv-autoscale``): the trace holds the most users the pool may
+reach, ``RunConfig.start_users`` of them start; an added user starts its own conversations
+(user k sends the trace's user k's requests, so the load is deterministic), a removed user
+finishes the request it has in the system and then stops, never cut mid-request.
+
 Requests in service are at most ``workers`` = ``max_inflight`` or, when that is 0,
 ``min(users, DEFAULT_MAX_IN_SERVICE)`` (``load.workers_for``); staging buffers belong to threads, so their number is
 bounded by the workers, not by the users. ``max_concurrent_allocs`` (MLPerf's
@@ -73,6 +79,7 @@ class RunConfig:
     qos: dict[str, QoSClass] = field(default_factory=lambda: dict(DEFAULT_QOS))
     qos_aging_s: float = DEFAULT_AGING_S
     seed: int = 0  # root seed: the open-loop arrival schedule's stream derives from it
+    start_users: int = 0  # closed loop: users sending at the start (the rest wait for set_active_users); 0 = all
 
 
 @dataclass
@@ -97,10 +104,12 @@ class RunInfo:
 class _User:
     """One simulated user: its request list and where it is in it, and its open conversation."""
 
-    __slots__ = ("index", "requests", "pos", "conversation")
+    __slots__ = ("index", "requests", "pos", "conversation", "wanted", "in_system")
 
     def __init__(self, index: int, requests: list[Request]):
         self.index, self.requests, self.pos, self.conversation = index, requests, 0, None
+        self.wanted = True  # closed loop: the pool wants this user sending (set_active_users)
+        self.in_system = False  # closed loop: a turn of it is scheduled, queued or in service
 
     @property
     def next_request(self) -> Request | None:
@@ -135,6 +144,7 @@ class Runner:
         self._wake = threading.Condition()  # guards the closed-loop heap; notified when it changes
         self._heap: list[tuple[int, int, _User]] = []  # (send time ns, user index, user)
         self._idle: deque[_User] = deque()  # open loop: users with no turn in the system, idle longest first
+        self._served: set[int] = set()  # users that finished a request since take_served_users()
 
     # -- the arrival processes ----------------------------------------------------------
     def _offer(self, user: _User, send_ns: int) -> bool:
@@ -158,6 +168,9 @@ class Runner:
                     self._wake.wait(min(0.25, (due - now) / 1e9))
                     continue
                 _, _, user = heapq.heappop(self._heap)
+                if not user.wanted:  # removed from the pool while thinking: it stops here
+                    user.in_system = False
+                    continue
                 self._offer(user, due)  # never full: the queue holds every user once
 
     def _open_loop(self, t0: int) -> None:
@@ -198,6 +211,7 @@ class Runner:
                     return  # the run's end cut it short
                 with self._lock:
                     self.info.requests_finished += 1
+                    self._served.add(user.index)
                 self._next(user)
         except BaseException as exc:  # a failed I/O ends the run; the scenario reports it
             message = f"{type(exc).__name__}: {exc}"
@@ -208,13 +222,17 @@ class Runner:
             self._end_now()
 
     def _next(self, user: _User) -> None:
-        """``user``'s turn finished: schedule its next one, or count it done."""
+        """``user``'s turn finished: schedule its next one, count it done, or (removed from the
+        pool) let it stop."""
         user.pos += 1
         req = user.next_request
         if req is None:
+            with self._wake:
+                user.in_system = False
+                wanted, user.wanted = user.wanted, False
             with self._lock:
                 self.info.users_exhausted += 1
-                self._active_users -= 1
+                self._active_users -= wanted
                 last = self._active_users == 0
             if last:
                 self._end_now()
@@ -224,12 +242,15 @@ class Runner:
                 self._idle.append(user)
             return
         now = time.perf_counter_ns()
-        if req.think_time_s <= 0:
-            self._offer(user, now)  # straight back into the queue, no scheduler hop
-            return
-        with self._wake:
-            heapq.heappush(self._heap, (now + int(req.think_time_s * 1e9), user.index, user))
-            self._wake.notify()
+        with self._wake:  # under the lock set_active_users changes ``wanted`` with
+            if not user.wanted:
+                user.in_system = False
+                return
+            if req.think_time_s > 0:
+                heapq.heappush(self._heap, (now + int(req.think_time_s * 1e9), user.index, user))
+                self._wake.notify()
+                return
+        self._offer(user, now)  # straight back into the queue, no scheduler hop
 
     def _end_promptly(self) -> None:
         """No new requests; waiting ones are never served; those in service finish their
@@ -248,13 +269,51 @@ class Runner:
         self._ended.set()
 
     def active_users(self) -> int:
-        """Users whose request list is not done (the progress line shows it)."""
+        """Users in the pool whose request list is not done (the progress line shows it)."""
         with self._lock:
             return self._active_users
 
+    def set_active_users(self, n: int) -> int:
+        """Closed loop: make the first ``n`` users (by index) of the trace the pool; thread-safe.
+
+        An added user sends its next turn now; a removed one finishes the turn it has in the
+        system (scheduled turns of a thinking user are dropped) and stops; re-added, it goes on
+        with its own conversation. Users whose list is done are not counted. Returns the
+        users in the pool. Raises ValueError on an open-loop run.
+        """
+        if self.open_loop:
+            raise ValueError("the user pool is closed-loop only; open-loop arrivals do not come from users")
+        n = max(0, min(n, len(self._users)))
+        now = time.perf_counter_ns()
+        with self._wake:
+            for user in self._users:
+                user.wanted = user.index < n and user.next_request is not None
+                if user.wanted and not user.in_system:
+                    user.in_system = True
+                    heapq.heappush(self._heap, (now, user.index, user))
+            active = sum(u.wanted for u in self._users)
+            self._wake.notify()
+        with self._lock:
+            self._active_users = active
+        return active
+
+    def take_served_users(self) -> set[int]:
+        """The users (trace indices) that finished a request since the last call."""
+        with self._lock:
+            served, self._served = self._served, set()
+        return served
+
+    def end_run(self) -> None:
+        """End the run now (the autoscaler's search is over): the window closes at this moment."""
+        self._end_now()
+
     def _start(self, t0: int) -> list[threading.Thread]:
         self._users = [_User(u, reqs) for u, reqs in enumerate(self.trace.per_user) if reqs]
-        self._active_users = len(self._users)
+        start = self.config.start_users
+        if start and not self.open_loop:
+            for user in self._users:
+                user.wanted = user.index < start
+        self._active_users = sum(u.wanted for u in self._users)
         if not self._users:
             self._end_now()
         threads = [threading.Thread(target=self._worker, name=f"kv-worker-{i}", daemon=True)
@@ -263,7 +322,9 @@ class Runner:
             self._idle.extend(self._users)
             threads.append(threading.Thread(target=self._open_loop, args=(t0,), name="kv-arrivals", daemon=True))
         else:
-            self._heap = [(t0 + int(u.requests[0].think_time_s * 1e9), u.index, u) for u in self._users]
+            for user in self._users:
+                user.in_system = user.wanted
+            self._heap = [(t0 + int(u.requests[0].think_time_s * 1e9), u.index, u) for u in self._users if u.wanted]
             heapq.heapify(self._heap)
             threads.append(threading.Thread(target=self._closed_loop, name="kv-scheduler", daemon=True))
         for th in threads:

@@ -26,7 +26,9 @@ from .workload import (
 
 def workload_params(settings: Settings) -> PromptParams | RagParams:
     """The generator parameters the workload options give (see ``trace_for``)."""
-    common = {"seed": settings.seed, "users": settings.users, "requests_per_user": settings.requests_per_user,
+    # with --kv-autoscale the trace holds the most users the pool may reach: user k's requests
+    # are the same whatever the pool's size when k joins
+    common = {"seed": settings.seed, "users": settings.most_users, "requests_per_user": settings.requests_per_user,
               "system_prompt_tokens": settings.system_prompt_tokens, "think_time_scale": settings.think_time_scale}
     if settings.workload == "rag":
         lo, hi = doc_token_range(resolve_model(settings.model, settings.models).layers)

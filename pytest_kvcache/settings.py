@@ -24,6 +24,7 @@ READ_MODELS = ("once", "reference")
 FILE_IO_MODES = ("auto", "direct", "buffered")
 PROFILES = ("latency", "throughput", "none")
 WORKLOADS = ("chat", "rag")
+AUTOSCALE_MODES = ("off", "qos", "capacity", "sla-search")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_depth", "int", 64, "open loop: most requests waiting for service; an arrival beyond it is rejected and counted"),
     Option("max_concurrent_allocs", "int", 0, "at most this many cache stores (allocations) under way at once, as MLPerf's --max-concurrent-allocs (0 = no bound)"),
     Option("qos_aging", "nonneg", 0.5, "seconds of queue wait per QoS class step up, so batch requests cannot starve (0 = no aging)"),
+    Option("autoscale", "choice", "off", "grow and shrink the closed-loop user pool during the run, starting from --kv-users: qos holds the saturation --kv-autoscale-target (step p95 of --kv-sla-metric / --kv-sla-target-ms), capacity grows users while storage GB/s rises and stops after two steps without a gain, sla-search finds the most users whose step p95 of --kv-sla-metric meets --kv-sla-target-ms (off = a fixed user count)", AUTOSCALE_MODES),
+    Option("autoscale_interval", "posfloat", 2.0, "seconds of one measured step of --kv-autoscale (after a change of the user count, half as long again settles unmeasured first)"),
+    Option("autoscale_max_users", "posint", 32, "--kv-autoscale: most users the pool may grow to (the trace holds this many users)"),
+    Option("autoscale_target", "posfloat", 0.8, "--kv-autoscale qos: saturation to hold; scale up below target-0.1, down above target+0.1"),
+    Option("sla_metric", "str", "storage.read.p95", "--kv-autoscale qos / sla-search: the latency judged per step: <tier>.<op>.<p50|p95|p99> (tier 'storage' = the scenario's storage tier), e2e.<stat> or qos.<class>.<stat> (end to end)"),
+    Option("sla_target_ms", "posfloat", 200.0, "--kv-autoscale qos / sla-search: the SLA target of --kv-sla-metric in milliseconds"),
     Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
     Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
     Option("file_recycle", "choice", "on", "file tier: on = a freed chunk's file is kept and overwritten in place by a later write (no file creation per write); off = unlink on free, create on write", ("on", "off")),
@@ -131,6 +138,12 @@ class Settings:
     queue_depth: int = 64
     max_concurrent_allocs: int = 0
     qos_aging: float = 0.5
+    autoscale: str = "off"
+    autoscale_interval: float = 2.0
+    autoscale_max_users: int = 32
+    autoscale_target: float = 0.8
+    sla_metric: str = "storage.read.p95"
+    sla_target_ms: float = 200.0
     io_block_mb: float = 4.0
     file_io_mode: str = "auto"
     file_recycle: str = "on"
@@ -146,6 +159,12 @@ class Settings:
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def most_users(self) -> int:
+        """The most closed-loop users the run may have: ``--kv-users``, or with --kv-autoscale
+        ``--kv-autoscale-max-users`` when larger (the trace holds that many users)."""
+        return self.users if self.autoscale == "off" else max(self.users, self.autoscale_max_users)
 
     @property
     def cache_root(self) -> Path:
@@ -174,6 +193,7 @@ class Settings:
         if self.rag_doc_tokens_min and self.rag_doc_tokens_max and self.rag_doc_tokens_min > self.rag_doc_tokens_max:
             raise ConfigError(f"--kv-rag-doc-tokens-min {self.rag_doc_tokens_min} is above --kv-rag-doc-tokens-max "
                               f"{self.rag_doc_tokens_max}; swap them or raise the maximum.")
+        check_autoscale({o.name: getattr(self, o.name) for o in OPTIONS})
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
@@ -374,6 +394,24 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
                         explicit=frozenset(n for n, src in sources.items() if src != "default"))
     settings.check_workload()
     return settings
+
+
+def check_autoscale(values: dict) -> None:
+    """Checks of the --kv-autoscale options (a dict of option values); raises ConfigError naming the fix."""
+    from .load.autoscaler import parse_sla_metric
+
+    parse_sla_metric(values["sla_metric"])  # a bad metric is an error even with autoscale off
+    if values["autoscale"] == "off":
+        return
+    if values["request_rate"] > 0:
+        raise ConfigError(f"--kv-autoscale {values['autoscale']} changes the number of closed-loop users, but "
+                          f"--kv-request-rate {values['request_rate']:g} makes arrivals open-loop; drop one of them.")
+    if values["autoscale_max_users"] < values["users"]:
+        raise ConfigError(f"--kv-autoscale-max-users {values['autoscale_max_users']} is below --kv-users "
+                          f"{values['users']} (the starting count); raise it or lower --kv-users.")
+    if values["autoscale"] == "qos" and values["autoscale_target"] <= 0.1:
+        raise ConfigError(f"--kv-autoscale-target {values['autoscale_target']:g} leaves no room below the low mark "
+                          "(target - 0.1); give a saturation above 0.1, e.g. 0.8.")
 
 
 def validate_changes(changes: dict, source: str) -> dict:
