@@ -502,7 +502,8 @@ def test_an_open_loop_scenario_reports_classes_and_rejections(pytester, cache_di
     """The kv_settings marker gives the scenario its own open-loop load; the report, the
     terminal and JUnit carry per-class figures and the rejected requests."""
     pytester.makepyfile(test_qos_scn=QOS_SCENARIO)
-    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-profile", "none",
+    # a 2 s window: the interactive gate needs a finished interactive request even on a loaded machine
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "--kv-duration", "2", "--kv-profile", "none",
                                 "--junitxml", "junit.xml", "-rA")
     result.assert_outcomes(passed=1)
     scn = report(pytester)["scenarios"][0]
