@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import BackendContext, BackendRegistry
@@ -33,6 +33,7 @@ from .result import ScenarioResult
 from .runner import RunConfig, Runner
 from .settings import Settings
 from .tiers import TierConfig, tier_specs
+from .trials import combine_metrics, summarize
 from .workload import Trace
 
 MiB = 1 << 20
@@ -200,6 +201,61 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     return run.result()
 
 
+def run_trials(prov: Provisioned, settings: Settings, model: ModelSpec, trace: Trace, criteria: list[Criterion],
+               registry: BackendRegistry, on_tick=None) -> ScenarioResult:
+    """``settings.trials`` runs of the scenario (``run_scenario``), the first on ``prov``, each
+    later one on tiers provisioned afresh (``prov`` is closed first: one run holds a drive at a
+    time), all with the same settings, seed and trace; their result combined (``combine_trials``).
+    One trial is ``run_scenario`` itself. Ctrl-C raises ScenarioInterrupted carrying the trials
+    measured so far, combined."""
+    if settings.trials <= 1:
+        return run_scenario(prov, settings, model, trace, criteria, on_tick)
+    results: list[ScenarioResult] = []
+    for i in range(settings.trials):
+        current = prov
+        if i:
+            prov.close()  # idempotent: the fixture closing it again later is a no-op
+            current = provision(prov.config, settings, registry)
+        try:
+            results.append(run_scenario(current, settings, model, trace, criteria, on_tick))
+        except ScenarioInterrupted as exc:
+            raise ScenarioInterrupted(combine_trials(results + [exc.result], criteria, settings.seed)) from exc
+        finally:
+            if current is not prov:
+                current.close()
+    return combine_trials(results, criteria, settings.seed)
+
+
+def combine_trials(results: list[ScenarioResult], criteria: list[Criterion], seed: int) -> ScenarioResult:
+    """One result for several trials of a scenario: the metrics criteria gate on combined by
+    ``trials.METRICS_RULE`` (means; fault counters the worst trial's), the headline figures the
+    means, ``summary.trials`` (per-trial headline, mean, stdev, ci95, cv), every trial's errors
+    and invariant problems; the other sections are the last trial's."""
+    last = results[-1]
+    if len(results) == 1:
+        return last
+    metrics = combine_metrics([r.metrics for r in results])
+    summary = dict(last.summary)
+    trials = summarize([r.summary.get("headline", {}) for r in results], seed)
+    summary["trials"] = trials
+    samples: dict = {}
+    for r in results:
+        for key, values in r.samples.items():
+            samples.setdefault(key, []).extend(values)
+    result = replace(
+        last, metrics=metrics, summary=summary, samples=samples,
+        outcomes=evaluate(criteria, metrics, last.tiers, last.absent),
+        errors=[f"trial {i}: {e}" for i, r in enumerate(results, 1) for e in r.errors],
+        invariant_problems=[f"trial {i}: {p}" for i, r in enumerate(results, 1) for p in r.invariant_problems],
+        run={**last.run, "aborted": any(r.run.get("aborted") for r in results),
+             "trials": [{"trial": i, **r.run} for i, r in enumerate(results, 1)]},
+    )
+    figures = trials["figures"]
+    summary["headline"] = {k: (figures[k]["mean"] if k in figures else v) for k, v in last.summary["headline"].items()}
+    summary["headline"]["status"] = result.status
+    return result
+
+
 class ScenarioInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during a scenario; carries what was measured up to then."""
 
@@ -266,7 +322,8 @@ class _Run:
         summary["kv_working_set_peak_bytes"] = info.peak_live_tokens * self.model.bytes_per_token
         flat["cache.entries_dropped"] = cache.dropped
         summary["entries_dropped"] = self._dropped()
-        outcomes = evaluate(self.criteria, flat, prov.tier_names, self._absent(device_counters))
+        absent = self._absent(device_counters)
+        outcomes = evaluate(self.criteria, flat, prov.tier_names, absent)
         result = ScenarioResult(
             name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
             metrics=flat, summary=summary, outcomes=outcomes,
@@ -286,6 +343,7 @@ class _Run:
                                 "I/O calls (CUDA events on GPU); deletes and evictions move no bytes"},
             settings=self.settings.to_dict(), model=self.model.to_dict(),
             samples={key: w.latency.seconds() for key, w in recorder.window.items()},
+            absent=absent,
         )
         summary["headline"] = headline(summary, prov.tier_names, result.status,
                                        {"entries_dropped": cache.dropped})

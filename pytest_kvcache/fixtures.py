@@ -16,7 +16,7 @@ import pytest
 from .backends.gpu import gpu_unavailable_reason
 from .bench import feed
 from .criteria import Criterion, merge
-from .engine import ScenarioInterrupted, provision, run_scenario
+from .engine import ScenarioInterrupted, provision, run_trials
 from .errors import BackendError, ConfigError
 from .models import resolve_model
 from .result import ScenarioResult
@@ -187,13 +187,15 @@ def kv_run(request, kv_session):
             pytest.fail(str(exc), pytrace=False)
         progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
         try:
-            result = run_scenario(prov, settings, model, trace, criteria,
-                                  on_tick=progress)
+            result = run_trials(prov, settings, model, trace, criteria, kv_session.registry,
+                                on_tick=progress)
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True
             exc.result.nodeid = request.node.nodeid
             kv_session.add(exc.result)
             raise
+        except (ConfigError, BackendError) as exc:  # a later trial's tiers could not be made
+            pytest.fail(str(exc), pytrace=False)
         finally:
             progress.clear()
         result.nodeid = request.node.nodeid

@@ -171,6 +171,11 @@ NATURAL_YAML = {
     "rag_doc_tokens_min": ("1000", 1000),
     "rag_doc_tokens_max": ("3000", 3000),
     "rag_top_k": ("4", 4),
+    "trials": ("3", 3),
+    "precondition_gb": ("2.5", 2.5),
+    "phase": ("decode", "decode"),
+    "preset": ("mlperf-closed", "mlperf-closed"),
+    "smoke": ("yes", True),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {
@@ -259,7 +264,8 @@ def test_every_option_accepts_its_natural_ini_value(pytester):
     """Through pytest's own ini parsing (linelist and bool types), as a user's pytest.ini is read."""
     from pytest_kvcache.fixtures import SESSION_KEY
 
-    names = [o.name for o in YAML_OPTIONS if o.name != "cache_dir"]  # the cache dir must exist: below
+    # the cache dir must exist: below; a preset refuses the other options (test_a_preset_refuses_...)
+    names = [o.name for o in YAML_OPTIONS if o.name not in ("cache_dir", "preset")]
     lines = [f"{OPTION_BY_NAME[n].ini} = {NATURAL_INI[n]}" for n in names]
     pytester.makeini("[pytest]\n" + "\n".join(lines) + f"\nkv_cache_dir = {pytester.path}\n")
     settings = pytester.parseconfigure("-p", "no:cacheprovider").stash[SESSION_KEY].settings
@@ -332,3 +338,20 @@ def test_qos_classes_from_yaml(tmp_path):
 def test_bad_qos_yaml_is_a_usage_error(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         _from_yaml(tmp_path, text)
+
+
+@pytest.mark.parametrize(("cli", "ini", "named"), [
+    ({"preset": "mlperf-closed", "users": "8"}, {}, "--kv-users (from command line)"),
+    ({"preset": "mlperf-closed"}, {"duration": "30"}, "--kv-duration (from ini kv_duration)"),
+    ({"preset": "mlperf-closed", "threshold": ["nvme.read.p95<=1s"]}, {}, "--kv-threshold"),
+])
+def test_a_preset_refuses_the_options_it_fixes(cli, ini, named):
+    with pytest.raises(ConfigError, match="--kv-preset mlperf-closed fixes") as err:
+        build_settings(cli, ini, {})
+    assert named in str(err.value) and "--kv-cache-dir" in str(err.value)
+
+
+def test_a_preset_takes_where_the_cache_and_results_go(tmp_path):
+    s = build_settings({"preset": "mlperf-closed", "smoke": "1", "cache_dir": str(tmp_path), "report": "r.json",
+                        "plots": "p"}, {}, {})
+    assert s.preset == "mlperf-closed" and s.smoke and s.report == "r.json"
