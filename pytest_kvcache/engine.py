@@ -28,10 +28,11 @@ from .metrics import compute, headline
 from .models import ModelSpec
 from .ops import READ_OPS, WRITE_OPS, storage_tier
 from .payload import NoiseSource, StagingBuffers, Verifier
+from .precondition import Precondition
 from .recorder import Recorder
 from .result import ScenarioResult
 from .runner import RunConfig, Runner
-from .settings import Settings
+from .settings import GB, Settings
 from .tiers import TierConfig, tier_specs
 from .trials import combine_metrics, summarize
 from .workload import Trace
@@ -186,6 +187,7 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         max_concurrent_allocs=settings.max_concurrent_allocs, qos=settings.qos_classes,
         qos_aging_s=settings.qos_aging, seed=settings.seed,
     ), window_hooks=(device,) if device else (), on_tick=tick)
+    runner.server.phase = settings.phase  # serve.RequestServer: mixed, prefill or decode
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
                storage, started=time.time())  # wall clock: the report only
     # The trace hash covers every request (users x requests per user), generated as far as
@@ -194,10 +196,24 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     t = time.perf_counter()
     trace.sha256()
     run.trace_hash_s = round(time.perf_counter() - t, 3)
+    pre = None
     try:
+        if settings.precondition_gb > 0 and (storage_backend is None or not storage_backend.files_in_run_dir):
+            run.precondition = {"skipped": f"scenario {prov.config.name} has no tier that keeps files on a drive"}
+        elif settings.precondition_gb > 0:  # before the runner: outside every window
+            pre = Precondition(settings.cache_root, int(settings.precondition_gb * GB), storage_backend.capacity_bytes)
+            run.precondition = pre.info
+            try:
+                pre.fill()
+            except OSError as exc:
+                raise ConfigError(f"--kv-precondition-gb: writing the fill in {pre.dir} failed: {exc}; lower "
+                                  "--kv-precondition-gb or free space on the drive.") from None
         runner.run()
     except KeyboardInterrupt as exc:
         raise ScenarioInterrupted(run.result()) from exc
+    finally:
+        if pre is not None:
+            pre.remove()
     return run.result()
 
 
@@ -280,6 +296,7 @@ class _Run:
     storage_tier: str | None  # the last tier that is a drive, whose bytes the device counters check
     started: float
     trace_hash_s: float | None = None  # seconds hashing the trace before the run (0 when cached)
+    precondition: dict | None = None  # --kv-precondition-gb: the fill before the window (precondition.py)
 
     def _device_counters(self) -> tuple[dict, dict[str, float]]:
         """The device counters over the window beside our storage-tier bytes, and the ratios
@@ -332,7 +349,8 @@ class _Run:
             device_counters=device_counters,
             trace=self._trace_identity(),
             run={"aborted": info.aborted, "entries_dropped": cache.dropped, "drain_s": info.drain_s,
-                 "trace_hash_s": self.trace_hash_s,
+                 "trace_hash_s": self.trace_hash_s, "phase": self.settings.phase,
+                 "decode_populate": self.runner.server.populated, "precondition": self.precondition,
                  "workers": info.workers, "peak_in_service": info.peak_in_service,
                  "peak_waiting": info.peak_waiting, "requests_unserved": info.requests_unserved,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
