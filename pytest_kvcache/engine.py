@@ -34,7 +34,7 @@ from .result import ScenarioResult
 from .runner import RunConfig, Runner
 from .settings import GB, Settings
 from .tiers import TierConfig, tier_specs
-from .trials import combine_metrics, summarize
+from .trials import HEADLINE_WORST_OF, combine_metrics, summarize
 from .workload import Trace
 
 MiB = 1 << 20
@@ -252,7 +252,7 @@ def combine_trials(results: list[ScenarioResult], criteria: list[Criterion], see
         return last
     metrics = combine_metrics([r.metrics for r in results])
     summary = dict(last.summary)
-    trials = summarize([r.summary.get("headline", {}) for r in results], seed)
+    trials = summarize([r.summary.get("headline", {}) for r in results], seed, [r.metrics for r in results], last.tiers)
     summary["trials"] = trials
     samples: dict = {}
     for r in results:
@@ -267,7 +267,8 @@ def combine_trials(results: list[ScenarioResult], criteria: list[Criterion], see
              "trials": [{"trial": i, **r.run} for i, r in enumerate(results, 1)]},
     )
     figures = trials["figures"]
-    summary["headline"] = {k: (figures[k]["mean"] if k in figures else v) for k, v in last.summary["headline"].items()}
+    summary["headline"] = {k: (max(figures[k]["values"]) if k in HEADLINE_WORST_OF and k in figures else
+                               figures[k]["mean"] if k in figures else v) for k, v in last.summary["headline"].items()}
     summary["headline"]["status"] = result.status
     return result
 

@@ -24,6 +24,7 @@ T975_INFINITY = 1.960
 
 # fault counters: the worst trial counts, never an average that hides one bad trial
 WORST_OF = ("errors.count", "verify.mismatches", "cache.entries_dropped", "storage.memory_tiers")
+HEADLINE_WORST_OF = ("entries_dropped",)  # the headline's fault counts: the worst trial's
 METRICS_RULE = ("each metric is the mean over the trials (a percentile such as nvme.read.p95 is the mean of the "
                 "trials' p95s, not the p95 of all samples); fault counters (" + ", ".join(WORST_OF) +
                 ") are the worst trial's; a metric that is n/a in any trial is n/a")
@@ -83,15 +84,19 @@ def combine_metrics(per_trial: Sequence[dict]) -> dict:
     return out
 
 
-def summarize(headlines: Sequence[dict], seed: int) -> dict:
+def summarize(headlines: Sequence[dict], seed: int, metrics: Sequence[dict] = (), tiers: Sequence[str] = ()) -> dict:
     """``summary.trials``: each trial's headline figures, and per numeric figure its mean, stdev,
-    95% confidence interval and coefficient of variation (``describe``)."""
+    95% confidence interval and coefficient of variation (``describe``); the same for each
+    tier's read and write p95 (seconds) from the trials' flat ``metrics``."""
     keys = [k for k in dict.fromkeys(k for h in headlines for k in h)
             if any(_number(h.get(k)) for h in headlines)]
     return {
         "count": len(headlines), "seed": seed,
         "per_trial": [dict(h) for h in headlines],
         "figures": {k: describe([h.get(k) for h in headlines]) for k in keys},
+        "latency_p95_s": {key: describe([m.get(key) for m in metrics]) for key in
+                          (f"{tier}.{op}.p95" for tier in tiers for op in ("read", "write"))
+                          if any(key in m for m in metrics)},
         "interval": "Student's t 95% confidence interval over the trials (mean ± t(0.975, n-1)·s/√n, s with ddof 1; "
                     "t from the NIST/SEMATECH e-Handbook table 1.3.6.7.2); cv = s / mean",
         "metrics_rule": METRICS_RULE,
