@@ -351,6 +351,13 @@ def test_a_preset_refuses_the_options_it_fixes(cli, ini, named):
     assert named in str(err.value) and "--kv-cache-dir" in str(err.value)
 
 
+def test_a_preset_refuses_models_from_a_config_file(tmp_path):
+    cfg = tmp_path / "kv.yaml"
+    cfg.write_text("preset: mlperf-closed\nmodels:\n  llama3.1-8b: {layers: 1, kv_heads: 1, head_dim: 8}\n")
+    with pytest.raises(ConfigError, match="refuses models"):
+        build_settings({"config": str(cfg)}, {}, {})
+
+
 def test_a_preset_takes_where_the_cache_and_results_go(tmp_path):
     s = build_settings({"preset": "mlperf-closed", "smoke": "1", "cache_dir": str(tmp_path), "report": "r.json",
                         "plots": "p"}, {}, {})
