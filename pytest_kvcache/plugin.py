@@ -215,7 +215,9 @@ def pytest_report_header(config):
     s, m = session.settings, session.model
     return (f"kvcache: model {m.name} ({m.bytes_per_token:,} B/token), cache dir {s.cache_root}, seed {s.seed}, "
             f"{s.users} users, {s.duration:g} s window after {s.warmup:g} s warm-up, generation {s.generation_mode}, "
-            f"chunk {s.chunk_tokens} tokens, profile {s.profile}")
+            f"chunk {s.chunk_tokens} tokens, profile {s.profile}" +
+            (f", {s.trials} trials per scenario" if s.trials > 1 else "") +
+            (f"; preset {s.preset}{' (smoke)' if s.smoke else ''}: its tests set their own options" if s.preset != "none" else ""))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -38,7 +38,8 @@ def test_smoke_form_runs_three_options_with_trials_combined(pytester, cache_dir)
                                 "-p", "no:cacheprovider", "-s")
     failed = [line for line in result.outlines if "failed" in line or "FAIL" in line]
     assert result.ret == 0, failed
-    result.stdout.fnmatch_lines(["*option * read GB/s*", "option1 *tiny-1b*", "option2 *", "option3 *"])
+    result.stdout.fnmatch_lines(["*preset mlperf-closed (smoke)*", "*option * read GB/s*", "option1 *tiny-1b*", "option2 *", "option3 *",
+                                 "*trials 2 (figures above are means*"])
     data = json.loads((pytester.path / "kvcache-report.json").read_text())
     scenarios = {s["id"]: s for s in data["scenarios"]}
     assert sorted(scenarios) == ["test_mlperf[option1]", "test_mlperf[option2]", "test_mlperf[option3]"]

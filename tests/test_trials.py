@@ -85,3 +85,11 @@ def test_trials_run_on_fresh_tiers_and_gate_on_the_mean(tmp_path):
     assert outcome.measured == pytest.approx(result.metrics["storage.write_gbps"]) and outcome.status == "pass"
     assert len({id(c) for c in dirs}) == 3  # a cache (and tiers) per trial
     assert os.listdir(tmp_path) == [], "every trial's run directory is removed"
+
+
+def test_the_terminal_line_gives_means_intervals_and_cv():
+    from pytest_kvcache.report import trials_text
+
+    assert trials_text(None) is None
+    line = trials_text(summarize([{"storage_read_gbps": 1.0}, {"storage_read_gbps": 3.0}], 42))
+    assert line.startswith("trials 2") and "storage read 2.000 [-10.706, 14.706] GB/s cv 70.7%" in line
