@@ -103,6 +103,10 @@ def kv_tiers(request, kv_session):
     if name not in TIER_CONFIGS:
         raise pytest.UsageError(f"kv_tiers needs one of {', '.join(TIER_CONFIGS)} as its parameter, got {name!r}")
     config = TIER_CONFIGS[name]
+    preset = kv_session.settings.preset
+    marker = request.node.get_closest_marker("kv_preset")
+    if preset != "none" and (marker is None or preset not in marker.args):
+        pytest.skip(f"--kv-preset {preset} runs only its own tests (marked kv_preset({preset!r})), with its fixed settings")
     if "gpu" in config.tiers:
         reason = gpu_unavailable_reason()
         if reason:

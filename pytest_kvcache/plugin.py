@@ -86,6 +86,8 @@ def pytest_configure(config):
                                        "applied over the session's, e.g. @pytest.mark.kv_settings(request_rate=20, queue_depth=8)")
     config.addinivalue_line("markers", "kv_defaults(**settings): this scenario's values for the options the user did "
                                        "not set, e.g. @pytest.mark.kv_defaults(duration=8)")
+    config.addinivalue_line("markers", "kv_preset(name): a test of the preset `name` (--kv-preset); under a preset, "
+                                       "scenarios without this marker are skipped")
     config.addinivalue_line("markers", "kv_criteria(*thresholds): extra pass/fail criteria for this scenario, "
                                        "e.g. @pytest.mark.kv_criteria('nvme.read.p95<=100ms')")
     config.addinivalue_line("markers", "slow: a long scenario (a sweep), skipped unless selected with -m, "

@@ -226,7 +226,7 @@ class RequestServer:
         t0 = time.perf_counter_ns()
         reread = 0
         done = True
-        if self.config.read_model == "reference":
+        if self.config.read_model == "reference" and self.phase != "prefill":  # a prefill node loads nothing
             left = req.generate_tokens
             while left > 0 and done:
                 step = min(REFERENCE_REREAD_TOKENS, left)

@@ -48,6 +48,7 @@ def mlperf_option(request, kv_settings):
     _last_end.append(time.monotonic())
 
 
+@pytest.mark.kv_preset(mlperf.PRESET)
 @pytest.mark.parametrize(("option", "kv_tiers"),
                          [pytest.param(o, tiers, id=o) for o, (tiers, _) in mlperf.OPTIONS.items()],
                          indirect=["kv_tiers"])

@@ -69,3 +69,17 @@ def test_without_the_preset_the_options_skip_saying_why(pytester, cache_dir):
     result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", "-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines(["*only with --kv-preset mlperf-closed*"])
+
+
+def test_under_the_preset_other_scenarios_skip(pytester, cache_dir):
+    pytester.makepyfile(test_other="""
+import pytest
+
+@pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
+def test_tiers(kv_tiers, kv_run):
+    kv_run(kv_tiers)
+""")
+    result = pytester.runpytest(f"--kv-cache-dir={cache_dir}", "--kv-preset", "mlperf-closed", "-p", "no:cacheprovider",
+                                "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*runs only its own tests*"])
