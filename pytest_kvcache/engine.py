@@ -402,6 +402,15 @@ class _Run:
                 absent[f"device.{kind}_ratio"] = why
         if self.settings.read_model != "reference":
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
+        if self.settings.phase == "decode":  # serve.py: a decode node stores nothing in the window
+            for tier in self.prov.tier_names:
+                absent[f"{tier}.write."] = ("--kv-phase decode stores nothing during the window (the prompts were "
+                                            "stored before it)")
+        elif self.settings.phase == "prefill":  # a prefill node never looks up or loads
+            why = "--kv-phase prefill never looks up or loads KV"
+            for tier in self.prov.tier_names:
+                absent[f"{tier}.read."] = why
+            absent["cache.hit_rate"] = absent["cache.hit_rate."] = absent["cache.block_hit_rate."] = why
         if self.prov.ctx.verifier is None:
             absent["verify."] = "--kv-verify is off"
         if self.settings.request_rate <= 0:

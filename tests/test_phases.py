@@ -5,6 +5,7 @@ import os
 import pytest
 
 from pytest_kvcache.backends import default_registry
+from pytest_kvcache.criteria import Criterion
 from pytest_kvcache.engine import provision, run_scenario
 from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.models import resolve_model
@@ -13,7 +14,7 @@ from pytest_kvcache.tiers import TIER_CONFIGS
 from pytest_kvcache.workload import WorkloadParams, generate_trace
 
 
-def run(tmp_path, **extra):
+def run(tmp_path, criteria=(), **extra):
     cli = {"cache_dir": str(tmp_path), "model": "tiny-1b", "duration": "1.0", "warmup": 0, "users": 2,
            "requests_per_user": "4", "think_time_scale": "0", "generation_mode": "none", "nvme_capacity_gb": 0.5,
            "chunk_tokens": 64, "io_block_mb": 1, "profile": "none", **extra}
@@ -22,14 +23,15 @@ def run(tmp_path, **extra):
                                           think_time_scale=s.think_time_scale, max_context_tokens=512))
     prov = provision(TIER_CONFIGS["storage-only"], s, default_registry())
     try:
-        return run_scenario(prov, s, resolve_model(s.model), trace, [])
+        return run_scenario(prov, s, resolve_model(s.model), trace, [Criterion.parse(c) for c in criteria])
     finally:
         prov.close()
 
 
 def test_prefill_stores_and_never_loads(tmp_path):
-    result = run(tmp_path, phase="prefill")
+    result = run(tmp_path, ("nvme.read.p95<=10s", "cache.hit_rate>=30%", "nvme.write.p95<=60s"), phase="prefill")
     m = result.metrics
+    assert [o.status for o in result.outcomes] == ["n/a", "n/a", "pass"]  # nothing to load is not a failure
     assert result.status == "passed", result.failure_message()
     assert m["nvme.write.count"] > 0 and m.get("nvme.read.count", 0) == 0
     assert m.get("cache.hit_rate") is None  # nothing was looked up: n/a, not 0
@@ -37,8 +39,9 @@ def test_prefill_stores_and_never_loads(tmp_path):
 
 
 def test_decode_populates_first_then_only_loads(tmp_path):
-    result = run(tmp_path, phase="decode")
+    result = run(tmp_path, ("nvme.write.p95<=60s", "nvme.read.p95<=60s"), phase="decode")
     m = result.metrics
+    assert [o.status for o in result.outcomes] == ["n/a", "pass"]
     assert result.status == "passed", result.failure_message()
     populated = result.run["decode_populate"]
     assert populated["requests"] > 0 and populated["bytes"] > 0 and populated["bytes"] <= populated["bound_bytes"] + 10**8
