@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import BackendContext, BackendRegistry
@@ -28,12 +28,14 @@ from .metrics import compute, headline
 from .models import ModelSpec
 from .ops import READ_OPS, WRITE_OPS, storage_tier
 from .payload import NoiseSource, StagingBuffers, Verifier
+from .precondition import Precondition
 from .recorder import Recorder
 from .result import ScenarioResult
 from .runner import RunConfig, Runner
 from .scaling import UserScaler
-from .settings import Settings
+from .settings import GB, Settings
 from .tiers import TierConfig, tier_specs
+from .trials import HEADLINE_WORST_OF, combine_metrics, summarize
 from .workload import Trace
 
 MiB = 1 << 20
@@ -193,6 +195,7 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         qos_aging_s=settings.qos_aging, seed=settings.seed,
         start_users=settings.users if scaler is not None else 0,
     ), window_hooks=(device,) if device else (), on_tick=tick)
+    runner.server.phase = settings.phase  # serve.RequestServer: mixed, prefill or decode
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
                storage, started=time.time(), scaler=scaler)  # wall clock: the report only
     # The trace hash covers every request (users x requests per user), generated as far as
@@ -201,11 +204,81 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     t = time.perf_counter()
     trace.sha256()
     run.trace_hash_s = round(time.perf_counter() - t, 3)
+    pre = None
     try:
+        if settings.precondition_gb > 0 and (storage_backend is None or not storage_backend.files_in_run_dir):
+            run.precondition = {"skipped": f"scenario {prov.config.name} has no tier that keeps files on a drive"}
+        elif settings.precondition_gb > 0:  # before the runner: outside every window
+            pre = Precondition(settings.cache_root, int(settings.precondition_gb * GB), storage_backend.capacity_bytes)
+            run.precondition = pre.info
+            try:
+                pre.fill()
+            except OSError as exc:
+                raise ConfigError(f"--kv-precondition-gb: writing the fill in {pre.dir} failed: {exc}; lower "
+                                  "--kv-precondition-gb or free space on the drive.") from None
         runner.run()
     except KeyboardInterrupt as exc:
         raise ScenarioInterrupted(run.result()) from exc
+    finally:
+        if pre is not None:
+            pre.remove()
     return run.result()
+
+
+def run_trials(prov: Provisioned, settings: Settings, model: ModelSpec, trace: Trace, criteria: list[Criterion],
+               registry: BackendRegistry, on_tick=None) -> ScenarioResult:
+    """``settings.trials`` runs of the scenario (``run_scenario``), the first on ``prov``, each
+    later one on tiers provisioned afresh (``prov`` is closed first: one run holds a drive at a
+    time), all with the same settings, seed and trace; their result combined (``combine_trials``).
+    One trial is ``run_scenario`` itself. Ctrl-C raises ScenarioInterrupted carrying the trials
+    measured so far, combined."""
+    if settings.trials <= 1:
+        return run_scenario(prov, settings, model, trace, criteria, on_tick)
+    results: list[ScenarioResult] = []
+    for i in range(settings.trials):
+        current = prov
+        if i:
+            prov.close()  # idempotent: the fixture closing it again later is a no-op
+            current = provision(prov.config, settings, registry)
+        try:
+            results.append(run_scenario(current, settings, model, trace, criteria, on_tick))
+        except ScenarioInterrupted as exc:
+            raise ScenarioInterrupted(combine_trials(results + [exc.result], criteria, settings.seed)) from exc
+        finally:
+            if current is not prov:
+                current.close()
+    return combine_trials(results, criteria, settings.seed)
+
+
+def combine_trials(results: list[ScenarioResult], criteria: list[Criterion], seed: int) -> ScenarioResult:
+    """One result for several trials of a scenario: the metrics criteria gate on combined by
+    ``trials.METRICS_RULE`` (means; fault counters the worst trial's), the headline figures the
+    means, ``summary.trials`` (per-trial headline, mean, stdev, ci95, cv), every trial's errors
+    and invariant problems; the other sections are the last trial's."""
+    last = results[-1]
+    if len(results) == 1:
+        return last
+    metrics = combine_metrics([r.metrics for r in results])
+    summary = dict(last.summary)
+    trials = summarize([r.summary.get("headline", {}) for r in results], seed, [r.metrics for r in results], last.tiers)
+    summary["trials"] = trials
+    samples: dict = {}
+    for r in results:
+        for key, values in r.samples.items():
+            samples.setdefault(key, []).extend(values)
+    result = replace(
+        last, metrics=metrics, summary=summary, samples=samples,
+        outcomes=evaluate(criteria, metrics, last.tiers, last.absent),
+        errors=[f"trial {i}: {e}" for i, r in enumerate(results, 1) for e in r.errors],
+        invariant_problems=[f"trial {i}: {p}" for i, r in enumerate(results, 1) for p in r.invariant_problems],
+        run={**last.run, "aborted": any(r.run.get("aborted") for r in results),
+             "trials": [{"trial": i, **r.run} for i, r in enumerate(results, 1)]},
+    )
+    figures = trials["figures"]
+    summary["headline"] = {k: (max(figures[k]["values"]) if k in HEADLINE_WORST_OF and k in figures else
+                               figures[k]["mean"] if k in figures else v) for k, v in last.summary["headline"].items()}
+    summary["headline"]["status"] = result.status
+    return result
 
 
 class ScenarioInterrupted(KeyboardInterrupt):
@@ -233,6 +306,7 @@ class _Run:
     started: float
     trace_hash_s: float | None = None  # seconds hashing the trace before the run (0 when cached)
     scaler: UserScaler | None = None  # --kv-autoscale: the user pool's steps
+    precondition: dict | None = None  # --kv-precondition-gb: the fill before the window (precondition.py)
 
     def _device_counters(self) -> tuple[dict, dict[str, float]]:
         """The device counters over the window beside our storage-tier bytes, and the ratios
@@ -278,7 +352,8 @@ class _Run:
             summary["sla_search" if self.scaler.mode == "sla-search" else "autoscale"] = self.scaler.summary()
             flat.update({k: v for k, v in self.scaler.metrics().items() if v is not None})
         summary["entries_dropped"] = self._dropped()
-        outcomes = evaluate(self.criteria, flat, prov.tier_names, self._absent(device_counters))
+        absent = self._absent(device_counters)
+        outcomes = evaluate(self.criteria, flat, prov.tier_names, absent)
         result = ScenarioResult(
             name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,
             metrics=flat, summary=summary, outcomes=outcomes,
@@ -287,7 +362,8 @@ class _Run:
             device_counters=device_counters,
             trace=self._trace_identity(),
             run={"aborted": info.aborted, "entries_dropped": cache.dropped, "drain_s": info.drain_s,
-                 "trace_hash_s": self.trace_hash_s,
+                 "trace_hash_s": self.trace_hash_s, "phase": self.settings.phase,
+                 "decode_populate": self.runner.server.populated, "precondition": self.precondition,
                  "workers": info.workers, "peak_in_service": info.peak_in_service,
                  "peak_waiting": info.peak_waiting, "requests_unserved": info.requests_unserved,
                  "started_unix": round(self.started, 3), "finished_unix": round(time.time(), 3),
@@ -298,6 +374,7 @@ class _Run:
                                 "I/O calls (CUDA events on GPU); deletes and evictions move no bytes"},
             settings=self.settings.to_dict(), model=self.model.to_dict(),
             samples={key: w.latency.seconds() for key, w in recorder.window.items()},
+            absent=absent,
         )
         summary["headline"] = headline(summary, prov.tier_names, result.status,
                                        {"entries_dropped": cache.dropped})
@@ -337,6 +414,15 @@ class _Run:
                 absent[f"device.{kind}_ratio"] = why
         if self.settings.read_model != "reference":
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
+        if self.settings.phase == "decode":  # serve.py: a decode node stores nothing in the window
+            for tier in self.prov.tier_names:
+                absent[f"{tier}.write."] = ("--kv-phase decode stores nothing during the window (the prompts were "
+                                            "stored before it)")
+        elif self.settings.phase == "prefill":  # a prefill node never looks up or loads
+            why = "--kv-phase prefill never looks up or loads KV"
+            for tier in self.prov.tier_names:
+                absent[f"{tier}.read."] = why
+            absent["cache.hit_rate"] = absent["cache.hit_rate."] = absent["cache.block_hit_rate."] = why
         if self.prov.ctx.verifier is None:
             absent["verify."] = "--kv-verify is off"
         mode = self.settings.autoscale

@@ -16,7 +16,7 @@ import pytest
 from .backends.gpu import gpu_unavailable_reason
 from .bench import feed
 from .criteria import Criterion, merge
-from .engine import ScenarioInterrupted, provision, run_scenario
+from .engine import ScenarioInterrupted, provision, run_trials
 from .errors import BackendError, ConfigError
 from .models import resolve_model
 from .result import ScenarioResult
@@ -103,6 +103,10 @@ def kv_tiers(request, kv_session):
     if name not in TIER_CONFIGS:
         raise pytest.UsageError(f"kv_tiers needs one of {', '.join(TIER_CONFIGS)} as its parameter, got {name!r}")
     config = TIER_CONFIGS[name]
+    preset = kv_session.settings.preset
+    marker = request.node.get_closest_marker("kv_preset")
+    if preset != "none" and (marker is None or preset not in marker.args):
+        pytest.skip(f"--kv-preset {preset} runs only its own tests (marked kv_preset({preset!r})), with its fixed settings")
     if "gpu" in config.tiers:
         reason = gpu_unavailable_reason()
         if reason:
@@ -187,13 +191,15 @@ def kv_run(request, kv_session):
             pytest.fail(str(exc), pytrace=False)
         progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
         try:
-            result = run_scenario(prov, settings, model, trace, criteria,
-                                  on_tick=progress)
+            result = run_trials(prov, settings, model, trace, criteria, kv_session.registry,
+                                on_tick=progress)
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True
             exc.result.nodeid = request.node.nodeid
             kv_session.add(exc.result)
             raise
+        except (ConfigError, BackendError) as exc:  # a later trial's tiers could not be made
+            pytest.fail(str(exc), pytrace=False)
         finally:
             progress.clear()
         result.nodeid = request.node.nodeid

@@ -86,6 +86,8 @@ def pytest_configure(config):
                                        "applied over the session's, e.g. @pytest.mark.kv_settings(request_rate=20, queue_depth=8)")
     config.addinivalue_line("markers", "kv_defaults(**settings): this scenario's values for the options the user did "
                                        "not set, e.g. @pytest.mark.kv_defaults(duration=8)")
+    config.addinivalue_line("markers", "kv_preset(name): a test of the preset `name` (--kv-preset); under a preset, "
+                                       "scenarios without this marker are skipped")
     config.addinivalue_line("markers", "kv_criteria(*thresholds): extra pass/fail criteria for this scenario, "
                                        "e.g. @pytest.mark.kv_criteria('nvme.read.p95<=100ms')")
     config.addinivalue_line("markers", "slow: a long scenario (a sweep), skipped unless selected with -m, "
@@ -215,7 +217,9 @@ def pytest_report_header(config):
     s, m = session.settings, session.model
     return (f"kvcache: model {m.name} ({m.bytes_per_token:,} B/token), cache dir {s.cache_root}, seed {s.seed}, "
             f"{s.users} users, {s.duration:g} s window after {s.warmup:g} s warm-up, generation {s.generation_mode}, "
-            f"chunk {s.chunk_tokens} tokens, profile {s.profile}")
+            f"chunk {s.chunk_tokens} tokens, profile {s.profile}" +
+            (f", {s.trials} trials per scenario" if s.trials > 1 else "") +
+            (f"; preset {s.preset}{' (smoke)' if s.smoke else ''}: its tests set their own options" if s.preset != "none" else ""))
 
 
 def pytest_sessionfinish(session, exitstatus):

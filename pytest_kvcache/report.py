@@ -173,6 +173,26 @@ def _ratio(dev: dict, kind: str, of: str = "") -> str:
     return text
 
 
+TRIAL_FIGURES = (("storage_read_gbps", "storage read", "GB/s", 3), ("storage_write_gbps", "storage write", "GB/s", 3),
+                 ("storage_tokens_per_sec", "storage", "tok/s", 0), ("headline_p95_ms", "headline p95", "ms", 2))
+
+
+def trials_text(trials: dict | None) -> str | None:
+    """``summary.trials`` in one line: per figure, mean [95% CI] and CV; None without trials."""
+    if not trials:
+        return None
+    parts = []
+    for key, label, unit, digits in TRIAL_FIGURES:
+        f = trials["figures"].get(key)
+        if f is None or f["mean"] is None:
+            continue
+        ci = "" if f["ci95"] is None else f" [{f['ci95'][0]:.{digits}f}, {f['ci95'][1]:.{digits}f}]"
+        cv = "" if f["cv"] is None else f" cv {f['cv']:.1%}"
+        parts.append(f"{label} {f['mean']:.{digits}f}{ci} {unit}{cv}")
+    return (f"trials {trials['count']} (figures above are means; 95% CI in brackets): " +
+            (" | ".join(parts) if parts else "no figure in every trial"))
+
+
 def scenario_text(result) -> str:
     s = result.summary
     lines = [f"{result.id} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
@@ -180,6 +200,9 @@ def scenario_text(result) -> str:
     no_storage = () if s.get("storage_tier") else (
         "storage_tokens_per_sec", "storage_read_gbps", "storage_write_gbps", "storage_read_tokens_per_generated_token")
     lines += ["  " + text for text in headline_text(s.get("headline", {}), ("status", *no_storage))]
+    trials = trials_text(s.get("trials"))
+    if trials:
+        lines.append(f"  {trials}")
     peak = s.get("kv_working_set_peak_bytes")
     if peak is not None:
         lines.append(f"  working set peak {peak / 1e9:.2f} GB (the KV all open conversations held at once)")

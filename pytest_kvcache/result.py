@@ -32,6 +32,7 @@ class ScenarioResult:
     model: dict = field(default_factory=dict)
     nodeid: str = ""
     samples: dict = field(default_factory=dict, repr=False)  # (tier, op) -> latencies in s; not saved
+    absent: dict = field(default_factory=dict, repr=False)  # metric -> why it is n/a here (criteria.evaluate); not saved
 
     @property
     def id(self) -> str:

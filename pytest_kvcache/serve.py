@@ -20,7 +20,16 @@ turns are history). Then, as vLLM and LMCache with prefix caching do:
 
 Every looked-up block is recorded per lookup kind (``prefix``, ``multi_turn``, ``rag``, ``new``)
 with its tokens, so hit rates come in tokens and in blocks. RAG documents (``Trace.documents``)
-are stored by ``prepare`` before any user starts, outside the window. When the run is ending
+are stored by ``prepare`` before any user starts, outside the window.
+
+Disaggregated phases (``phase``, ``--kv-phase``): ``mixed`` is all of the above. ``prefill``
+(a prefill node: write-heavy) skips step 1, so a request never looks up or loads; it stores its
+prompt's blocks (put-if-absent) and its output. ``decode`` (a decode node: read-heavy) finds the
+KV a prefill node made: ``prepare`` stores the users' prompts and outputs first, turn by turn
+across users, outside the window (at most ``DECODE_POPULATE_FRACTION`` of the tiers' summed
+high-water marks and ``DECODE_POPULATE_MAX_BYTES``, so what is populated fits and is not
+evicted by itself), then requests only look up and load (a block not populated is a miss) and
+store nothing. When the run is ending
 (``ending`` set), a request finishes the backend call it is in and skips the rest. Who sends
 which request when is the load layer's business (``runner``).
 """
@@ -37,6 +46,9 @@ from .workload import Block, BlockSequence, Request, Trace, plan_blocks
 
 SECONDS_PER_TOKEN = {"none": 0.0, "fast": 0.002, "realistic": 0.030}
 REFERENCE_REREAD_TOKENS = 32  # MLPerf reference: re-read the whole entry every 32 decoded tokens
+PHASES = ("mixed", "prefill", "decode")
+DECODE_POPULATE_FRACTION = 0.5  # of the tiers' summed high-water marks
+DECODE_POPULATE_MAX_BYTES = 4 * 10**9
 
 
 class RequestServer:
@@ -56,6 +68,8 @@ class RequestServer:
         self._lock = threading.Lock()
         self._live_tokens = 0
         self.peak_live_tokens = 0  # most KV tokens the users' open conversations held at once
+        self.phase = "mixed"  # PHASES; set before the run (engine: --kv-phase)
+        self.populated: dict | None = None  # decode: what prepare stored before the window
 
     def prepare(self, trace: Trace) -> int:
         """Ingest the trace's documents (RAG) as shared blocks, before any user starts and before
@@ -67,7 +81,43 @@ class RequestServer:
                 if self.ending.is_set():
                     return stored
                 stored += self.cache.put(block.key, block.tokens, shared=True) is not None  # ingest: before the window
+        if self.phase == "decode":
+            stored += self._populate(trace)
         return stored
+
+    def _populate(self, trace: Trace) -> int:
+        """Decode phase: store the users' prompts and outputs as a prefill node would have, turn
+        by turn across users, up to the byte bound (module docstring). Returns blocks stored;
+        sets ``populated`` ({requests, blocks, bytes, seconds, bound_bytes})."""
+        cache = self.cache
+        bound = int(min(DECODE_POPULATE_FRACTION * sum(t.high_water for t in cache.tiers), DECODE_POPULATE_MAX_BYTES))
+        seqs: dict[int, BlockSequence] = {}
+        t0 = time.perf_counter()
+        requests = blocks = nbytes = 0
+        longest = max(map(len, trace.per_user), default=0)
+        for turn in range(longest):
+            for user, reqs in enumerate(trace.per_user):
+                if turn >= len(reqs) or nbytes >= bound or self.ending.is_set():
+                    continue
+                req = reqs[turn]
+                seq = seqs.get(user)
+                if seq is None or seq.owner != req.conversation_id:
+                    seq = seqs[user] = BlockSequence(self.config.chunk_tokens, req.conversation_id)
+                elif seq.total_tokens:
+                    seq.begin_turn()
+                seq.extend(req.prompt_segments())
+                seq.extend([req.output_segment()])
+                for block in seq.blocks():
+                    if block.closed and not cache.contains(block.key):
+                        if cache.put(block.key, block.tokens, shared=True) is not None:
+                            blocks += 1
+                            nbytes += block.tokens * cache.bytes_per_token
+                requests += 1
+            if nbytes >= bound or self.ending.is_set():
+                break
+        self.populated = {"requests": requests, "blocks": blocks, "bytes": nbytes,
+                          "seconds": round(time.perf_counter() - t0, 3), "bound_bytes": bound}
+        return blocks
 
     def conversation_for(self, req: Request, current: BlockSequence | None) -> BlockSequence:
         """The block sequence ``req`` extends: ``current`` if it is the same conversation, else a
@@ -86,9 +136,10 @@ class RequestServer:
             seq.begin_turn()  # the earlier turns' text and output are history now
         _, stale_tail = self._extend(seq, req.prompt_segments())
         prompt = seq.blocks()
-        hits, done = self._lookup_and_load(prompt)
+        hits, done = (0, True) if self.phase == "prefill" else self._lookup_and_load(prompt)
         retrieval_ns = time.perf_counter_ns() - start_ns
-        done = done and self._store(prompt[hits:], seq if stale_tail else None)  # prefill: misses and new text
+        if self.phase != "decode":  # prefill: misses and new text (a decode node stores nothing)
+            done = done and self._store(prompt[hits:], seq if stale_tail else None)
         storage_ns = time.perf_counter_ns() - start_ns
         ttft_ns = time.perf_counter_ns() - submit_ns + int(self.per_token_s * 1e9)
         if done:
@@ -97,7 +148,8 @@ class RequestServer:
         if done:
             t = time.perf_counter_ns()
             changed, stale_tail = self._extend(seq, [req.output_segment()])
-            done = self._store(changed, seq if stale_tail else None)  # keep the answer for the next turn
+            if self.phase != "decode":
+                done = self._store(changed, seq if stale_tail else None)  # keep the answer for the next turn
             storage_ns += time.perf_counter_ns() - t
         if not done:
             return False
@@ -174,7 +226,7 @@ class RequestServer:
         t0 = time.perf_counter_ns()
         reread = 0
         done = True
-        if self.config.read_model == "reference":
+        if self.config.read_model == "reference" and self.phase != "prefill":  # a prefill node loads nothing
             left = req.generate_tokens
             while left > 0 and done:
                 step = min(REFERENCE_REREAD_TOKENS, left)

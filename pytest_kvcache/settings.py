@@ -25,6 +25,8 @@ FILE_IO_MODES = ("auto", "direct", "buffered")
 PROFILES = ("latency", "throughput", "none")
 WORKLOADS = ("chat", "rag")
 AUTOSCALE_MODES = ("off", "qos", "capacity", "sla-search")
+PRESETS = ("none", "mlperf-closed")
+PHASES = ("mixed", "prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("report", "path", "kvcache-report.json", "where the JSON session report is written ('' = none)"),
     Option("plots", "path", None, "write PNG plots and an index.html of the session into this directory (needs the plots extra)"),
     Option("verify", "flag", False, "check every block read against what was written; mismatches fail the scenario"),
+    Option("trials", "posint", 1, "run each scenario this many times (fresh tiers each trial, same seed); figures are the mean over trials with a 95 percent confidence interval and CV (summary.trials), criteria gate on the mean"),
+    Option("precondition_gb", "nonneg", 0.0, "before the window, fill the storage tier's drive with this many GB of files (excluded from every figure, removed at the end; 0 = off)"),
+    Option("phase", "choice", "mixed", "mixed: requests load their cached prefix and store the rest; prefill: store only, never load (write-heavy, a disaggregated prefill node); decode: the prompts are stored before the window, then requests only load (read-heavy, a decode node)", PHASES),
+    Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
+    Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 GB = 10**9
@@ -152,6 +159,11 @@ class Settings:
     report: str | None = "kvcache-report.json"
     plots: str | None = None
     verify: bool = False
+    trials: int = 1
+    precondition_gb: float = 0.0
+    phase: str = "mixed"
+    preset: str = "none"
+    smoke: bool = False
     models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
     qos: dict = field(default_factory=dict)  # QoS class overrides from YAML (load.qos.load_qos)
     threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini
@@ -390,8 +402,12 @@ def build_settings(cli: dict, ini: dict, env: dict | None = None) -> Settings:
     source = sources["threshold"]
     label = next((short for prefix, short in (("command line", "cli"), ("environment", "env"), ("--kv-config", "yaml"),
                                               ("ini", "ini")) if source.startswith(prefix)), source)
-    settings = Settings(**values, models=models, qos=dict(qos), threshold_source=label,
-                        explicit=frozenset(n for n, src in sources.items() if src != "default"))
+    explicit = frozenset(n for n, src in sources.items() if src != "default")
+    if values["preset"] != "none":
+        check_preset(values["preset"], {n: sources[n] for n in explicit}
+                     | {f"{k} (a --kv-config section)": f"--kv-config {config_path}" for k in ("models", "qos")
+                        if yaml_values.get(k)})
+    settings = Settings(**values, models=models, qos=dict(qos), threshold_source=label, explicit=explicit)
     settings.check_workload()
     return settings
 
@@ -412,6 +428,28 @@ def check_autoscale(values: dict) -> None:
     if values["autoscale"] == "qos" and values["autoscale_target"] <= 0.1:
         raise ConfigError(f"--kv-autoscale-target {values['autoscale_target']:g} leaves no room below the low mark "
                           "(target - 0.1); give a saturation above 0.1, e.g. 0.8.")
+
+
+# what the MLPerf Storage rules let a CLOSED submission choose (design section 10): where the
+# cache and the results go (and the client topology, which a single-host run has no option
+# for). A config file may set these only (its ``models:`` and ``qos:`` are refused: the rules
+# allow no config of the workload). The nvme backend is how we do the I/O, not the workload: ``npy`` runs
+# the preset with the reference's file I/O for comparison.
+PRESET_FREE = frozenset({"preset", "smoke", "config", "cache_dir", "report", "plots", "allow_memory_fs", "nvme_backend"})
+
+
+def check_preset(preset: str, explicit_sources: dict) -> None:
+    """Refuse options a preset fixes (``explicit_sources``: option name -> where it was set).
+    Raises ConfigError naming each and why."""
+    fixed = sorted(n for n in explicit_sources if n not in PRESET_FREE)
+    if fixed:
+        where = "; ".join(f"{OPTION_BY_NAME[n].flag if n in OPTION_BY_NAME else n} (from {explicit_sources[n]})"
+                          for n in fixed)
+        raise ConfigError(f"--kv-preset {preset} fixes every setting of the MLPerf Storage CLOSED options (model, users, "
+                          f"tier budgets, allocations, window, seed, trials, criteria ...), so a result stays comparable "
+                          f"with other submissions; it refuses {where}. Drop them (only --kv-cache-dir, --kv-report, "
+                          "--kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set, also in a "
+                          "--kv-config file, which may not define models or QoS classes), or run without --kv-preset.")
 
 
 def validate_changes(changes: dict, source: str) -> dict:

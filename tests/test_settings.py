@@ -177,6 +177,11 @@ NATURAL_YAML = {
     "autoscale_target": ("0.6", 0.6),
     "sla_metric": ("qos.interactive.p95", "qos.interactive.p95"),
     "sla_target_ms": ("50", 50.0),
+    "trials": ("3", 3),
+    "precondition_gb": ("2.5", 2.5),
+    "phase": ("decode", "decode"),
+    "preset": ("mlperf-closed", "mlperf-closed"),
+    "smoke": ("yes", True),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {
@@ -265,8 +270,9 @@ def test_every_option_accepts_its_natural_ini_value(pytester):
     """Through pytest's own ini parsing (linelist and bool types), as a user's pytest.ini is read."""
     from pytest_kvcache.fixtures import SESSION_KEY
 
-    # the cache dir must exist (below); autoscaling conflicts with request_rate's open loop (its own test)
-    names = [o.name for o in YAML_OPTIONS if o.name not in ("cache_dir", "autoscale")]
+    # the cache dir must exist (below); autoscaling conflicts with request_rate's open loop (its own
+    # test); a preset refuses the other options (test_a_preset_refuses_...)
+    names = [o.name for o in YAML_OPTIONS if o.name not in ("cache_dir", "autoscale", "preset")]
     lines = [f"{OPTION_BY_NAME[n].ini} = {NATURAL_INI[n]}" for n in names]
     pytester.makeini("[pytest]\n" + "\n".join(lines) + f"\nkv_cache_dir = {pytester.path}\n")
     settings = pytester.parseconfigure("-p", "no:cacheprovider").stash[SESSION_KEY].settings
@@ -346,3 +352,27 @@ def test_qos_classes_from_yaml(tmp_path):
 def test_bad_qos_yaml_is_a_usage_error(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         _from_yaml(tmp_path, text)
+
+
+@pytest.mark.parametrize(("cli", "ini", "named"), [
+    ({"preset": "mlperf-closed", "users": "8"}, {}, "--kv-users (from command line)"),
+    ({"preset": "mlperf-closed"}, {"duration": "30"}, "--kv-duration (from ini kv_duration)"),
+    ({"preset": "mlperf-closed", "threshold": ["nvme.read.p95<=1s"]}, {}, "--kv-threshold"),
+])
+def test_a_preset_refuses_the_options_it_fixes(cli, ini, named):
+    with pytest.raises(ConfigError, match="--kv-preset mlperf-closed fixes") as err:
+        build_settings(cli, ini, {})
+    assert named in str(err.value) and "--kv-cache-dir" in str(err.value)
+
+
+def test_a_preset_refuses_models_from_a_config_file(tmp_path):
+    cfg = tmp_path / "kv.yaml"
+    cfg.write_text("preset: mlperf-closed\nmodels:\n  llama3.1-8b: {layers: 1, kv_heads: 1, head_dim: 8}\n")
+    with pytest.raises(ConfigError, match="refuses models"):
+        build_settings({"config": str(cfg)}, {}, {})
+
+
+def test_a_preset_takes_where_the_cache_and_results_go(tmp_path):
+    s = build_settings({"preset": "mlperf-closed", "smoke": "1", "cache_dir": str(tmp_path), "report": "r.json",
+                        "plots": "p"}, {}, {})
+    assert s.preset == "mlperf-closed" and s.smoke and s.report == "r.json"

@@ -36,9 +36,10 @@ def default_registry() -> BackendRegistry:
     from .file import FileBackend
     from .gpu import GPUBackend
     from .mock import MockBackend
+    from .npy import NpyBackend
 
     reg = BackendRegistry()
-    for cls in (CPUBackend, FileBackend, GPUBackend, MockBackend):
+    for cls in (CPUBackend, FileBackend, GPUBackend, MockBackend, NpyBackend):
         reg.register(cls.name, cls)
     return reg
 
