@@ -15,32 +15,48 @@ from .report import build_report, write_json
 from .result import ScenarioResult
 from .settings import Settings
 from .workload import (
+    MixedParams,
     PromptParams,
     RagParams,
     Trace,
     doc_token_range,
+    generate_mixed,
     generate_prompts,
     generate_rag_trace,
 )
 
 
-def workload_params(settings: Settings) -> PromptParams | RagParams:
+def workload_params(settings: Settings) -> PromptParams | RagParams | MixedParams:
     """The generator parameters the workload options give (see ``trace_for``)."""
+    if settings.workload == "mixed":
+        return MixedParams(chat=_chat_params(settings), rag=_rag_params(settings),
+                           rag_user_share=settings.rag_user_share)
+    return _rag_params(settings) if settings.workload == "rag" else _chat_params(settings)
+
+
+def _common_params(settings: Settings) -> dict:
     # with --kv-autoscale the trace holds the most users the pool may reach: user k's requests
     # are the same whatever the pool's size when k joins
-    common = {"seed": settings.seed, "users": settings.most_users, "requests_per_user": settings.requests_per_user,
-              "system_prompt_tokens": settings.system_prompt_tokens, "think_time_scale": settings.think_time_scale}
-    if settings.workload == "rag":
-        lo, hi = doc_token_range(resolve_model(settings.model, settings.models).layers)
-        lo, hi = settings.rag_doc_tokens_min or lo, settings.rag_doc_tokens_max or hi
-        if settings.rag_doc_tokens_min and not settings.rag_doc_tokens_max:
-            hi = max(hi, lo)  # only a minimum given: the default maximum, or the minimum if above it
-        elif settings.rag_doc_tokens_max and not settings.rag_doc_tokens_min:
-            lo = min(lo, hi)
-        return RagParams(documents=settings.rag_documents, doc_tokens=(lo, hi), top_k=settings.rag_top_k, **common)
+    return {"seed": settings.seed, "users": settings.most_users, "requests_per_user": settings.requests_per_user,
+            "system_prompt_tokens": settings.system_prompt_tokens, "think_time_scale": settings.think_time_scale}
+
+
+def _rag_params(settings: Settings) -> RagParams:
+    lo, hi = doc_token_range(resolve_model(settings.model, settings.models).layers)
+    lo, hi = settings.rag_doc_tokens_min or lo, settings.rag_doc_tokens_max or hi
+    if settings.rag_doc_tokens_min and not settings.rag_doc_tokens_max:
+        hi = max(hi, lo)  # only a minimum given: the default maximum, or the minimum if above it
+    elif settings.rag_doc_tokens_max and not settings.rag_doc_tokens_min:
+        lo = min(lo, hi)
+    return RagParams(documents=settings.rag_documents, doc_tokens=(lo, hi), top_k=settings.rag_top_k,
+                     **_common_params(settings))
+
+
+def _chat_params(settings: Settings) -> PromptParams:
     return PromptParams(input_mean=settings.input_tokens_mean or None, input_stddev=settings.input_tokens_stddev,
                         output_mean=settings.output_tokens_mean or None, output_stddev=settings.output_tokens_stddev,
-                        prefix_pool=settings.prefix_pool, prefix_tokens=settings.prefix_tokens, **common)
+                        prefix_pool=settings.prefix_pool, prefix_tokens=settings.prefix_tokens,
+                        **_common_params(settings))
 
 
 def check_output_path(path: Path, option: str, is_dir: bool = False) -> None:
@@ -114,11 +130,13 @@ class KVSession:
         """The seeded trace of ``settings`` (a pure function of them; cached per parameters):
         ``--kv-workload chat`` runs the prompt generator (personas' conversations with the
         optional system prompt, prefix pool and length distributions), ``rag`` the RAG
-        workload. Raises ConfigError naming the fix."""
+        workload, ``mixed`` both (``workload.mixed``: RAG and chat users by
+        ``--kv-rag-user-share``). Raises ConfigError naming the fix."""
         params = workload_params(settings)
         key = type(params).__name__ + json.dumps(params.to_dict(), sort_keys=True)
         if key not in self._traces:
             self._traces[key] = (generate_rag_trace(params)[1] if isinstance(params, RagParams)
+                                 else generate_mixed(params) if isinstance(params, MixedParams)
                                  else generate_prompts(params))
         return self._traces[key]
 

@@ -23,7 +23,7 @@ GENERATION_MODES = ("none", "fast", "realistic")
 READ_MODELS = ("once", "reference")
 FILE_IO_MODES = ("auto", "direct", "buffered")
 PROFILES = ("latency", "throughput", "none")
-WORKLOADS = ("chat", "rag")
+WORKLOADS = ("chat", "rag", "mixed")
 AUTOSCALE_MODES = ("off", "qos", "capacity", "sla-search")
 PRESETS = ("none", "mlperf-closed")
 PHASES = ("mixed", "prefill", "decode")
@@ -68,7 +68,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("chunk_tokens", "int", 256, "tokens per KV chunk (0 = one entry per request segment, as the MLPerf reference)"),
     Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
     Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
-    Option("workload", "choice", "chat", "chat: the personas' multi-turn conversations, shaped by the prompt options below; rag: documents stored before the window, queries that load their top-k documents then ask a question (scenarios/test_rag.py sets it for itself)", WORKLOADS),
+    Option("workload", "choice", "chat", "chat: the personas' multi-turn conversations, shaped by the prompt options below; rag: documents stored before the window, queries that load their top-k documents then ask a question (scenarios/test_rag.py sets it for itself); mixed: both in one run, every user a RAG or a chat user by --kv-rag-user-share (the kitchen-sink scenario)", WORKLOADS),
     Option("system_prompt_tokens", "count", 0, "tokens of one system prompt shared by every request (its KV blocks are stored once and hit by all; 0 = none)"),
     Option("prefix_pool", "count", 0, "number of shared prefix prompts (seed 000's pool); each conversation draws one (0 = no pool; needs --kv-prefix-tokens)"),
     Option("prefix_tokens", "count", 0, "tokens of each prefix of the pool (needs --kv-prefix-pool 1 or more)"),
@@ -80,6 +80,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("rag_doc_tokens_min", "count", 0, "RAG: smallest document in tokens (0 = 4,000, or 1,024 for models of 64 layers or more)"),
     Option("rag_doc_tokens_max", "count", 0, "RAG: largest document in tokens (0 = 12,000, or 4,096 for models of 64 layers or more)"),
     Option("rag_top_k", "posint", 2, "RAG: documents each query retrieves (Zipf-skewed, distinct; at most --kv-rag-documents)"),
+    Option("rag_user_share", "nonneg", 0.25, "--kv-workload mixed: share of users that are RAG users, 0 to 1, by a fixed stride (0.25 = users 0, 4, 8, ...); the others are chat users"),
     Option("max_inflight", "int", 0, "at most this many requests in service at once (worker threads); the rest wait in the admission queue (0 = min(users, 256), vLLM's default max_num_seqs)"),
     Option("request_rate", "nonneg", 0.0, "open-loop arrivals: seeded Poisson requests per second into a bounded admission queue (0 = closed-loop users)"),
     Option("queue_depth", "int", 64, "open loop: most requests waiting for service; an arrival beyond it is rejected and counted"),
@@ -140,6 +141,7 @@ class Settings:
     rag_doc_tokens_min: int = 0
     rag_doc_tokens_max: int = 0
     rag_top_k: int = 2
+    rag_user_share: float = 0.25
     max_inflight: int = 0
     request_rate: float = 0.0
     queue_depth: int = 64
@@ -205,6 +207,9 @@ class Settings:
         if self.rag_doc_tokens_min and self.rag_doc_tokens_max and self.rag_doc_tokens_min > self.rag_doc_tokens_max:
             raise ConfigError(f"--kv-rag-doc-tokens-min {self.rag_doc_tokens_min} is above --kv-rag-doc-tokens-max "
                               f"{self.rag_doc_tokens_max}; swap them or raise the maximum.")
+        if self.rag_user_share > 1:
+            raise ConfigError(f"--kv-rag-user-share {self.rag_user_share} is above 1; give the share of RAG users from 0 "
+                              "to 1 (0.25 = every fourth user).")
         check_autoscale({o.name: getattr(self, o.name) for o in OPTIONS})
 
     def to_dict(self) -> dict:

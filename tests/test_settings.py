@@ -171,6 +171,7 @@ NATURAL_YAML = {
     "rag_doc_tokens_min": ("1000", 1000),
     "rag_doc_tokens_max": ("3000", 3000),
     "rag_top_k": ("4", 4),
+    "rag_user_share": ("0.5", 0.5),
     "autoscale": ("capacity", "capacity"),
     "autoscale_interval": ("1.5", 1.5),
     "autoscale_max_users": ("64", 64),

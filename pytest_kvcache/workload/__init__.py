@@ -1,5 +1,5 @@
 """Workload: personas, the deterministic request trace, the cache-entry layout of a conversation,
-the block model (prompts as chains of content-addressed KV blocks) the seed-000 prompt generator and the RAG workload."""
+the block model (prompts as chains of content-addressed KV blocks) the seed-000 prompt generator, the RAG workload and the mixed (kitchen-sink) workload."""
 
 from .blocks import (
     Block,
@@ -14,6 +14,7 @@ from .blocks import (
     token_identity,
 )
 from .layout import ConversationLayout, Entry
+from .mixed import DEFAULT_RAG_USER_SHARE, MixedParams, generate_mixed, is_rag_user
 from .personas import (
     DEFAULT_PERSONA_MIX,
     PERSONA_QOS,
@@ -66,6 +67,10 @@ __all__ = [
     "token_identity",
     "zipf_top_k",
     "DEFAULT_PERSONA_MIX",
+    "DEFAULT_RAG_USER_SHARE",
+    "MixedParams",
+    "generate_mixed",
+    "is_rag_user",
     "PERSONAS",
     "PERSONA_QOS",
     "QOS_CLASSES",

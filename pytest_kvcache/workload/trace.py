@@ -351,8 +351,8 @@ class Trace:
     """``per_user[u]`` is user u's requests in order (a list, or a ``LazyRequests`` that generates
     them as they are read). Treat as immutable: the hash is cached.
 
-    ``params`` is what the trace was generated from (``WorkloadParams``, ``prompts.PromptParams``
-    or ``rag.RagParams``), or None for a hand-written file. ``documents`` are the standalone
+    ``params`` is what the trace was generated from (``WorkloadParams``, ``prompts.PromptParams``,
+    ``rag.RagParams`` or ``mixed.MixedParams``), or None for a hand-written file. ``documents`` are the standalone
     segments (RAG documents) to store before any user starts; they come first in the file and
     the hash.
     """
@@ -378,7 +378,7 @@ class Trace:
     def lookup_kinds(self) -> set[str]:
         """The lookup kinds this trace's prompts can hit: ``prefix`` (a system prompt, a pool
         prefix or a per-user context), ``rag`` (documents), ``multi_turn`` (a later turn).
-        Parameters that know it answer without generating the trace (``PromptParams``)."""
+        Parameters that know it answer without generating the trace (``PromptParams``, ``MixedParams``)."""
         if hasattr(self.params, "lookup_kinds"):
             return self.params.lookup_kinds()
         kinds = set()
@@ -517,4 +517,7 @@ def _params_from_header(generator: str | None, raw) -> object | None:
     if generator == "RagParams":
         from .rag import RagParams
         return RagParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    raise ConfigError(f"unknown generator {generator!r}; known: WorkloadParams, PromptParams, RagParams")
+    if generator == "MixedParams":
+        from .mixed import MixedParams
+        return MixedParams.from_dict(raw)
+    raise ConfigError(f"unknown generator {generator!r}; known: WorkloadParams, PromptParams, RagParams, MixedParams")
