@@ -404,7 +404,11 @@ def not_applicable(metric: str, tiers: list[str], absent: Mapping[str, str]) -> 
         if parts[0] not in tiers:
             return f"no {parts[0]} tier in this scenario"
         if len(parts) == 3 and parts[1] not in possible_ops(tiers, parts[0]):
-            return f"{parts[1]} cannot happen on the {parts[0]} tier of {' > '.join(tiers)}"
+            if parts[1] == "demote_write":
+                return f"nothing is demoted into {parts[0]}: it is the first tier"
+            if parts[1] == "demote_read":
+                return f"nothing is demoted out of {parts[0]}: it is the last tier"
+            return f"{parts[1]} cannot happen on {parts[0]} in {' > '.join(tiers)}"
     if parts[0] in ("storage", "device") and storage_tier(tiers) is None:
         return "no storage tier in this scenario"
     return None

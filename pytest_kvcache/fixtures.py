@@ -163,6 +163,15 @@ class ProgressLine:
             self._write("\r" + " " * 100 + "\r")
 
 
+def scenario_question(node, tier_question: str) -> str:
+    """The question a scenario answers: its test function's docstring (first paragraph), else
+    its tier configuration's (``TierConfig.question``); several tests run one configuration."""
+    doc = getattr(getattr(node, "function", None), "__doc__", None)
+    if not doc or not doc.strip():
+        return tier_question
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 @pytest.fixture
 def kv_run(request, kv_session):
     """``kv_run(kv_tiers, benchmark=None, check=True) -> ScenarioResult``.
@@ -196,6 +205,7 @@ def kv_run(request, kv_session):
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True
             exc.result.nodeid = request.node.nodeid
+            exc.result.question = scenario_question(request.node, exc.result.question)
             kv_session.add(exc.result)
             raise
         except (ConfigError, BackendError) as exc:  # a later trial's tiers could not be made
@@ -203,6 +213,7 @@ def kv_run(request, kv_session):
         finally:
             progress.clear()
         result.nodeid = request.node.nodeid
+        result.question = scenario_question(request.node, result.question)
         for key, value in result.headline().items():
             request.node.user_properties.append((key, value))
         if not kv_session.suite_properties_recorded:

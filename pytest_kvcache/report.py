@@ -128,6 +128,10 @@ def _s_ms(seconds) -> str:
     return _ms(None if seconds is None else seconds * 1e3)
 
 
+def _users(n) -> str:
+    return f"{n} user" if n == 1 else f"{n} users"
+
+
 def scaling_text(summary: dict) -> str:
     """The autoscaler's or SLA search's steps as a table under its outcome; empty without one."""
     block, kind = summary.get("autoscale"), "autoscale"
@@ -138,13 +142,13 @@ def scaling_text(summary: dict) -> str:
     if kind == "sla_search":
         knee = block.get("knee_users")
         head = (f"SLA search ({block['sla_metric']} <= {block['sla_target_s'] * 1e3:g} ms): "
-                + (f"knee at {knee} users, p95 {_s_ms(block['knee_p95_s'])} ms" if knee else "no user count met the target"))
+                + (f"knee at {_users(knee)}, p95 {_s_ms(block['knee_p95_s'])} ms" if knee else "no user count met the target"))
     elif block["mode"] == "capacity":
         head = (f"autoscale capacity: peak {format_figure(block.get('peak_gbps'), 'GB/s')} at "
-                f"{block.get('peak_users')} users")
+                f"{_users(block.get('peak_users'))}")
     else:
         head = (f"autoscale qos (target saturation {block['target_saturation']:g} = step p95 of {block['sla_metric']} / "
-                f"{block['sla_target_s'] * 1e3:g} ms): settled at {block.get('settled_users')} users")
+                f"{block['sla_target_s'] * 1e3:g} ms): settled at {_users(block.get('settled_users'))}")
     rows = [[f"{st['t_s']:.1f}", st["users"], st["users_served"], st["requests"],
              "n/a" if st["storage_gbps"] is None else f"{st['storage_gbps']:.3f}", _s_ms(st["sla_p95_s"]),
              *([("n/a" if st.get("saturation") is None else f"{st['saturation']:.2f}")] if "saturation" in st else []),

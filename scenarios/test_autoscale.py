@@ -42,6 +42,7 @@ def _check_steps(result, key="autoscale"):
 @pytest.mark.kv_criteria("autoscale.users>=1")
 @pytest.mark.parametrize("kv_tiers", [pytest.param("storage-only", id="autoscale-qos-storage-only")], indirect=True)
 def test_autoscale_qos(kv_tiers, kv_run):
+    """How many users can the drive serve while holding a target saturation (step p95 of --kv-sla-metric over --kv-sla-target-ms)?"""
     result = kv_run(kv_tiers)
     _check_steps(result)
     assert result.summary["autoscale"]["settled_users"] == result.metrics["autoscale.users"]
@@ -53,6 +54,7 @@ def test_autoscale_qos(kv_tiers, kv_run):
 @pytest.mark.parametrize("kv_tiers", [pytest.param("storage-only", id="autoscale-capacity-storage-only")],
                          indirect=True)
 def test_autoscale_capacity(kv_tiers, kv_run):
+    """Where does storage throughput stop growing as users are added?"""
     result = kv_run(kv_tiers)
     steps = _check_steps(result)
     assert len({st["users"] for st in steps}) >= min(3, len(steps)), "the pool did not change"
@@ -63,4 +65,5 @@ def test_autoscale_capacity(kv_tiers, kv_run):
 @pytest.mark.kv_defaults(**{**CAPACITY, "duration": 300.0, "autoscale_interval": 5.0, "autoscale_max_users": 128})
 @pytest.mark.parametrize("kv_tiers", [pytest.param("storage-only", id="autoscale-capacity-long")], indirect=True)
 def test_autoscale_capacity_long(kv_tiers, kv_run):
+    """Where does storage throughput stop growing as users are added (long steps, up to 256 users)?"""
     _check_steps(kv_run(kv_tiers))

@@ -34,6 +34,7 @@ KITCHEN_SINK_CRITERIA = ("cache.hit_rate.prefix>=50%", "cache.hit_rate.multi_tur
 @pytest.mark.kv_criteria(*KITCHEN_SINK_CRITERIA)
 @pytest.mark.parametrize("kv_tiers", [pytest.param("cpu+storage", id="kitchen-sink-cpu+storage")], indirect=True)
 def test_kitchen_sink(kv_tiers, kv_run):
+    """Everything at once: RAG users, shared prefixes and multi-turn conversations while the user pool grows: does every kind of hit still come off the drive, and where does throughput peak?"""
     result = kv_run(kv_tiers)
     steps = result.summary["autoscale"]["steps"]
     assert steps, "no autoscale step was measured"

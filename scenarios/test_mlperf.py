@@ -53,6 +53,7 @@ def mlperf_option(request, kv_settings):
                          [pytest.param(o, tiers, id=o) for o, (tiers, _) in mlperf.OPTIONS.items()],
                          indirect=["kv_tiers"])
 def test_mlperf(mlperf_option, option, kv_tiers, kv_run):
+    """MLPerf Storage CLOSED: what does this option score on the drive (read/write GB/s, storage tokens/s, p95), trial mean and 95% CI?"""
     result = kv_run(kv_tiers, check=False)
     _scores[option] = mlperf.score(option, result)
     result.summary["mlperf"] = _scores[option]

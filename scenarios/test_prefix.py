@@ -29,6 +29,7 @@ _sweep: dict[int, dict] = {}
 @pytest.mark.kv_criteria("cache.hit_rate.prefix>=50%")
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_prefix(kv_tiers, kv_run, benchmark):
+    """With a shared system prompt and a pool of shared prefixes, how much of each prompt is found on the drive and read back instead of recomputed?"""
     kv_run(kv_tiers, benchmark=benchmark)
 
 
@@ -37,6 +38,7 @@ def test_prefix(kv_tiers, kv_run, benchmark):
 @pytest.mark.parametrize("pool", [pytest.param(p, marks=pytest.mark.kv_settings(prefix_pool=p)) for p in POOLS])
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_prefix_pool_sweep(kv_tiers, kv_run, pool):
+    """As the prefix pool grows, how fast does the prefix hit rate fall, and what does that cost in reads, writes and TTFT?"""
     result = kv_run(kv_tiers, check=False)
     summary = result.summary
     _sweep[pool] = {"prefix_hit_rate": summary["hit_rates"].get("prefix", {}).get("tokens"),

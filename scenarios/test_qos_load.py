@@ -22,6 +22,7 @@ QOS_LOAD = {"request_rate": 8, "queue_depth": 4, "max_inflight": 2, "users": 64,
 @pytest.mark.kv_criteria("requests.offered>=1")
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_qos_open_loop(kv_tiers, kv_run):
+    """When requests keep arriving whatever the drive does, does each QoS class stay inside its SLA, and how many requests are turned away?"""
     result = kv_run(kv_tiers)
     arrivals = result.summary["arrivals"]
     assert arrivals["open_loop"] and arrivals["offered"] >= 1

@@ -28,4 +28,5 @@ RAG_CRITERIA = ("retrieval.p95<=3s", "storage.read_gbps>=0.02GB/s", "cache.hit_r
 @pytest.mark.kv_criteria(*RAG_CRITERIA)
 @pytest.mark.parametrize("kv_tiers", ["storage-only", "cpu+storage"], indirect=True)
 def test_rag(kv_tiers, kv_run, benchmark):
+    """What does a RAG workload cost: how long does a query wait for its documents, at what read rate, and do they stay stored?"""
     kv_run(kv_tiers, benchmark=benchmark)

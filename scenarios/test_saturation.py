@@ -28,6 +28,7 @@ _seen: dict[int, dict] = {}
                                    for u in USERS])
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
 def test_saturation(kv_tiers, kv_run, users):
+    """Where does the drive saturate: throughput against latency at a fixed high user count, generation none?"""
     result = kv_run(kv_tiers, check=False)
     m = result.metrics
     _seen[result.settings["users"]] = {

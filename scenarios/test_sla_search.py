@@ -22,6 +22,7 @@ SEARCH = {"users": 2, "warmup": 1.0, "duration": 24.0, "autoscale_interval": 1.5
 @pytest.mark.kv_criteria("sla_search.users>=1")
 @pytest.mark.parametrize("kv_tiers", [pytest.param("storage-only", id="sla-search-storage-only")], indirect=True)
 def test_sla_search(kv_tiers, kv_run):
+    """What is the most users whose p95 of a chosen latency meets its target (the knee)?"""
     result = kv_run(kv_tiers)
     block = result.summary["sla_search"]
     assert block["steps"] and block["knee_users"] == result.metrics["sla_search.users"]
@@ -33,4 +34,5 @@ def test_sla_search(kv_tiers, kv_run):
 @pytest.mark.kv_defaults(**{**SEARCH, "duration": 600.0, "autoscale_interval": 10.0, "autoscale_max_users": 256})
 @pytest.mark.parametrize("kv_tiers", [pytest.param("storage-only", id="sla-search-long")], indirect=True)
 def test_sla_search_long(kv_tiers, kv_run):
+    """What is the most users whose p95 of a chosen latency meets its target (long steps, up to 128 users)?"""
     kv_run(kv_tiers)

@@ -289,7 +289,7 @@ def test_ops_a_configuration_cannot_have_and_absent_features_are_na_with_the_rea
                                           "cache.hit_rate.rag>=50%")]
     out = evaluate(crits, {}, tiers=["nvme"], absent={"cache.hit_rate.rag": "no RAG documents"})
     assert [o.status for o in out] == ["n/a"] * 3
-    assert out[0].reason == "demote_write cannot happen on the nvme tier of nvme"
+    assert out[0].reason == "nothing is demoted into nvme: it is the first tier"
     assert out[1].reason == "no cpu tier in this scenario"
     assert out[2].reason == "no RAG documents"
     storage = Criterion.parse("storage.read_gbps>=1")

@@ -136,7 +136,7 @@ class CapacityPolicy:
             why = (f"{'no storage bytes' if gbps is None else f'{gbps:.3f} GB/s'} does not improve on the peak "
                    f"{self.peak_gbps or 0:.3f} GB/s by {MIN_GAIN:.0%} ({self._flat} in a row)")
             if self._flat >= STOP_AFTER:
-                return Decision(users, "stop", why + f"; peak {self.peak_gbps or 0:.3f} GB/s at {self.peak_users} users")
+                return Decision(users, "stop", why + f"; peak {self.peak_gbps or 0:.3f} GB/s at {self.peak_users} user{'s' * (self.peak_users != 1)}")
         if users >= self.max_users:
             return Decision(users, "stop", why + "; at the most users (--kv-autoscale-max-users)")
         return Decision(min(self.max_users, _grow(users, 0.5)), "up", why)
