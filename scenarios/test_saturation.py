@@ -7,8 +7,11 @@ pure KV I/O, the most a serving engine could ask of the drive), no think time, l
 a high one (64). Past saturation the drive's GB/s stops growing while its p95 latencies and the
 requests' queue wait grow with the load: ``test_saturation_table`` prints both loads side by
 side (storage GB/s, read / write p95, request e2e p95) after the runs. Criteria: the
-``throughput`` profile (a floor that catches a broken path; latency bounds would only restate
-that the drive is saturated); set yours with ``--kv-threshold``.
+``throughput`` profile with its floor lowered to 0.1 GB/s for this scenario (a floor that catches
+a broken path: the project's VM disk, shared with other jobs, measured 0.39 GB/s here at times;
+latency bounds would only restate that the drive is saturated). The marker's criterion comes
+after the command line's (docs/architecture.md, criteria order), so gate on the figures with
+other metrics, e.g. ``--kv-threshold 'storage.read_gbps>=2GB/s'``.
 
 Default sizes keep each run about 10 s on a 2-core VM (5 s windows); ``--kv-users``,
 ``--kv-duration`` or ``--kv-model`` set by the user win over them. The user counts are
@@ -24,6 +27,7 @@ _seen: dict[int, dict] = {}
 
 
 @pytest.mark.kv_defaults(**SATURATION)
+@pytest.mark.kv_criteria("storage.gbps>=0.1GB/s")
 @pytest.mark.parametrize("users", [pytest.param(u, id=f"users{u}", marks=pytest.mark.kv_settings(users=u))
                                    for u in USERS])
 @pytest.mark.parametrize("kv_tiers", ["storage-only"], indirect=True)
