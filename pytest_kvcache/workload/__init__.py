@@ -41,14 +41,12 @@ from .rag import (
     zipf_top_k,
 )
 from .trace import (
-    TRACE_FORMAT,
     Request,
     Trace,
     WorkloadParams,
     generate_trace,
-    load_jsonl,
-    save_jsonl,
 )
+from .tracefile import TRACE_FORMAT, load_jsonl, save_jsonl
 
 __all__ = [
     "Block",
