@@ -19,10 +19,11 @@ from pathlib import Path
 
 from .backends import BackendContext, BackendRegistry
 from .cache import HIGH_WATER, MultiTierCache
-from .criteria import Criterion, evaluate
+from .criteria import Criterion
 from .devstats import DeviceWindow, compare_with_ours
 from .errors import ConfigError
 from .fsinfo import find_block_devices, free_bytes, memory_medium
+from .judging import evaluate
 from .memory import check_host_memory
 from .metrics import compute, headline
 from .models import ModelSpec
@@ -397,7 +398,7 @@ class _Run:
         return out
 
     def _absent(self, device_counters: dict) -> dict:
-        """Features this scenario does not have -> why their metrics are n/a (criteria.evaluate)."""
+        """Features this scenario does not have -> why their metrics are n/a (judging.evaluate)."""
         absent = {}
         kinds = self.trace.lookup_kinds()
         for kind, why in (("prefix", "this workload has no shared prefix (no system prompt, prefix pool or user context)"),

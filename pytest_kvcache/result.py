@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .criteria import Criterion, Outcome, format_value, passed, render_table
+from .criteria import Criterion, format_value, render_table
+from .judging import Outcome, passed
 
 
 def scenario_id(scenario: dict) -> str:
@@ -32,7 +33,7 @@ class ScenarioResult:
     model: dict = field(default_factory=dict)
     nodeid: str = ""
     samples: dict = field(default_factory=dict, repr=False)  # (tier, op) -> latencies in s; not saved
-    absent: dict = field(default_factory=dict, repr=False)  # metric -> why it is n/a here (criteria.evaluate); not saved
+    absent: dict = field(default_factory=dict, repr=False)  # metric -> why it is n/a here (judging.evaluate); not saved
 
     @property
     def id(self) -> str:

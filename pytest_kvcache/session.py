@@ -7,9 +7,10 @@ import tempfile
 from pathlib import Path
 
 from .backends import BackendRegistry
-from .criteria import Criterion, builtin_criteria, merge, profile_criteria, unjudged
+from .criteria import Criterion, builtin_criteria, merge, profile_criteria
 from .errors import ConfigError
 from .export import to_csv
+from .judging import unjudged
 from .models import ModelSpec, resolve_model
 from .report import build_report, write_json
 from .result import ScenarioResult

@@ -9,18 +9,15 @@ import pytest
 from pytest_kvcache import criteria as cr
 from pytest_kvcache.criteria import (
     Criterion,
-    Outcome,
     builtin_criteria,
-    evaluate,
     format_value,
     merge,
     metric_kind,
-    passed,
     profile_criteria,
     render_table,
-    unjudged,
 )
 from pytest_kvcache.errors import ConfigError
+from pytest_kvcache.judging import Outcome, evaluate, passed, unjudged
 
 
 @pytest.mark.parametrize(
@@ -350,12 +347,12 @@ HONESTY = [c for c in cr.builtin_criteria() if c.metric != "cache.entries_droppe
 
 
 def test_honesty_criteria_fail_page_cache_and_memory_and_pass_a_drive():
-    judged = {o.criterion.metric: o.status for o in cr.evaluate(HONESTY, {
+    judged = {o.criterion.metric: o.status for o in evaluate(HONESTY, {
         "storage.memory_tiers": 1, "device.read_ratio": 0.02, "device.write_ratio": 1.7}, ["nvme"])}
     assert judged == {"storage.memory_tiers": "fail", "device.read_ratio": "fail", "device.write_ratio": "pass"}
-    drive = cr.evaluate(HONESTY, {"storage.memory_tiers": 0, "device.read_ratio": 0.9,
+    drive = evaluate(HONESTY, {"storage.memory_tiers": 0, "device.read_ratio": 0.9,
                                                 "device.write_ratio": 1.0}, ["nvme"])
     assert [o.status for o in drive] == ["pass", "pass", "pass"]
     # too few bytes to judge (ratio absent) or no storage tier: n/a, never a pass
-    assert [o.status for o in cr.evaluate(HONESTY, {}, ["cpu"])] == ["n/a", "n/a", "n/a"]
+    assert [o.status for o in evaluate(HONESTY, {}, ["cpu"])] == ["n/a", "n/a", "n/a"]
     assert cr.metric_kind("device.read_ratio") == "ratio" and cr.metric_kind("storage.memory_tiers") == "count"
