@@ -19,15 +19,9 @@ import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from tabulate import tabulate
 
 from .errors import ConfigError
 from .ops import DATA_OPS, OPS
-
-if TYPE_CHECKING:  # judging imports this module
-    from .judging import Outcome
 from .workload.personas import QOS_CLASSES
 
 # --------------------------------------------------------------------------- namespace (data)
@@ -479,28 +473,6 @@ def format_value(metric: str, value: float | None) -> str:
     if float(value).is_integer():
         return f"{value:,.0f}"
     return _num(value)
-
-
-_STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "n/a": "n/a"}
-
-
-def render_table(outcomes: Iterable[Outcome]) -> str:
-    """Every criterion with its measured value, so a CI log shows what passed as well as what not."""
-    outcomes = list(outcomes)
-    rows = [
-        [
-            o.criterion.text,
-            "n/a" if o.measured is None else format_value(o.criterion.metric, o.measured),
-            _STATUS_LABEL[o.status],
-            o.criterion.source,
-        ]
-        + ([o.reason or ""] if any(x.reason for x in outcomes) else [])
-        for o in outcomes
-    ]
-    headers = ["criterion", "measured", "status", "source"]
-    if any(o.reason for o in outcomes):
-        headers.append("why")
-    return tabulate(rows, headers=headers, tablefmt="simple")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .criteria import BUILTIN_SOURCE, Criterion, known_tiers
+from tabulate import tabulate
+
+from .criteria import BUILTIN_SOURCE, Criterion, format_value, known_tiers
 from .ops import possible_ops, storage_tier
 
 
@@ -121,3 +123,25 @@ def unjudged(criteria: Iterable[Criterion], outcomes_per_scenario: Iterable[list
         if found and all(o.status == "n/a" for o in found):
             out.append((c, sorted({o.reason or "n/a" for o in found})))
     return out
+
+
+STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "n/a": "n/a"}
+
+
+def render_table(outcomes: Iterable[Outcome]) -> str:
+    """Every criterion with its measured value, so a CI log shows what passed as well as what not."""
+    outcomes = list(outcomes)
+    rows = [
+        [
+            o.criterion.text,
+            "n/a" if o.measured is None else format_value(o.criterion.metric, o.measured),
+            STATUS_LABEL[o.status],
+            o.criterion.source,
+        ]
+        + ([o.reason or ""] if any(x.reason for x in outcomes) else [])
+        for o in outcomes
+    ]
+    headers = ["criterion", "measured", "status", "source"]
+    if any(o.reason for o in outcomes):
+        headers.append("why")
+    return tabulate(rows, headers=headers, tablefmt="simple")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .criteria import format_value
+from .judging import STATUS_LABEL
 from .metrics import HEADLINE
 from .ops import op_order
 from .report import format_figure
@@ -29,7 +30,6 @@ _MARKERS = (None, "o", "s", "^", "v", "D")
 _OCC_MARKERS = ("o", "s", "^", "D", "v", "x")
 _STATUS_CLASS = {"passed": "pass", "pass": "pass", "failed": "fail", "fail": "fail",
                  "error": "fail", "interrupted": "warn", "n/a": "na"}
-_STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "n/a": "n/a"}
 
 
 def plots_available() -> str | None:
@@ -299,7 +299,7 @@ def _criteria_counts(sc: dict) -> str:
     for status in ("pass", "fail", "n/a"):
         n = sum(c.get("status") == status for c in crit)
         if n:
-            parts.append(f'<span class="{_cls(status)}">{n} {_e(_STATUS_LABEL[status])}</span>')
+            parts.append(f'<span class="{_cls(status)}">{n} {_e(STATUS_LABEL[status])}</span>')
     return " ".join(parts)
 
 
@@ -361,7 +361,7 @@ def _criteria_table(name, labels, reports) -> list[str]:
                 measured = format_value(c.get("metric", ""), c.get("measured"))
             except Exception:  # an unknown metric in an older report: show it raw
                 measured = "-" if c.get("measured") is None else str(c.get("measured"))
-            shown = _e(_STATUS_LABEL.get(status, status))
+            shown = _e(STATUS_LABEL.get(status, status))
             if measured != "-":
                 shown += f" ({_e(measured)})"
             out.append(f'<td class="{_cls(status)} nowrap">{shown}</td>')

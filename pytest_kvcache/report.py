@@ -16,7 +16,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import __version__
-from .criteria import render_table
+from .judging import render_table
 from .metrics import HEADLINE
 from .ops import DATA_OPS, op_order
 

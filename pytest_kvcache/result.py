@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .criteria import Criterion, format_value, render_table
-from .judging import Outcome, passed
+from .criteria import Criterion, format_value
+from .judging import Outcome, passed, render_table
 
 
 def scenario_id(scenario: dict) -> str:

@@ -14,10 +14,9 @@ from pytest_kvcache.criteria import (
     merge,
     metric_kind,
     profile_criteria,
-    render_table,
 )
 from pytest_kvcache.errors import ConfigError
-from pytest_kvcache.judging import Outcome, evaluate, passed, unjudged
+from pytest_kvcache.judging import Outcome, evaluate, passed, render_table, unjudged
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..rng import derive
 from .blocks import Segment
 from .personas import DEFAULT_PERSONA_MIX, PERSONA_QOS, PERSONAS, QOS_CLASSES
-from .trace import LazyRequests, Request, Trace
+from .trace import LazyRequests, Request, Trace, check_mix
 from .trace import between as _between
 from .trace import unit as _unit
 
@@ -157,9 +157,9 @@ class PromptParams:
         scale = self.think_time_scale
         if not _is_num(scale) or scale < 0:
             raise ConfigError(f"think_time_scale must be a finite number >= 0, not {scale!r}")
-        _check_mix("persona_mix", self.persona_mix, PERSONAS, DEFAULT_PERSONA_MIX)
+        check_mix("persona_mix", self.persona_mix, PERSONAS, DEFAULT_PERSONA_MIX, "persona")
         if self.qos_mix is not None:
-            _check_mix("qos_mix", self.qos_mix, QOS_CLASSES, {"interactive": 0.15, "responsive": 0.35, "batch": 0.5})
+            check_mix("qos_mix", self.qos_mix, QOS_CLASSES, {"interactive": 0.15, "responsive": 0.35, "batch": 0.5}, "QoS class")
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -167,20 +167,6 @@ class PromptParams:
         if self.qos_mix is not None:
             out["qos_mix"] = {k: self.qos_mix[k] for k in sorted(self.qos_mix)}
         return out
-
-
-def _check_mix(name: str, mix, known, example: dict) -> None:
-    shown = ", ".join(f"{k}: {v}" for k, v in example.items())
-    if not isinstance(mix, dict) or not mix:
-        raise ConfigError(f"{name} must map names to weights, e.g. {{{shown}}}")
-    unknown = sorted(set(mix) - set(known))
-    if unknown:
-        raise ConfigError(f"{name} names unknown entries {unknown}; known: {sorted(known)}")
-    for key, weight in mix.items():
-        if not _is_num(weight) or weight < 0:
-            raise ConfigError(f"{name} weight for {key!r} must be a finite number >= 0, not {weight!r}")
-    if sum(mix.values()) <= 0:
-        raise ConfigError(f"{name} weights must not all be zero; give one a positive weight, e.g. {{{shown}}}")
 
 
 def _picker(mix: dict[str, float]):

@@ -175,6 +175,23 @@ def segment_from_dict(raw: object) -> Segment:
                    None if ids is None else tuple(ids), standalone)
 
 
+def check_mix(name: str, mix, known, example: dict, what: str) -> None:
+    """Raise ConfigError naming the fix unless ``mix`` maps names of ``known`` (``what`` they
+    are: persona, QoS class) to finite weights >= 0, not all zero (``example`` shows one)."""
+    shown = ", ".join(f"{k}: {v}" for k, v in example.items())
+    if not isinstance(mix, dict) or not mix:
+        raise ConfigError(f"{name} must map {what} names to weights, e.g. {{{shown}}}")
+    unknown = sorted(set(mix) - set(known))
+    if unknown:
+        raise ConfigError(f"{name} names unknown {what}(s) {unknown}; known: {sorted(known)}")
+    for key, weight in mix.items():
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"{name} weight for {key!r} must be a finite number >= 0, not {weight!r}")
+    if sum(mix.values()) <= 0:
+        raise ConfigError(f"{name} weights must not all be zero; give at least one {what} a positive weight, "
+                          f"e.g. {{{shown}}}")
+
+
 @dataclass
 class WorkloadParams:
     """Everything the trace depends on. Validated on creation (and again by ``generate_trace``)."""
@@ -201,18 +218,7 @@ class WorkloadParams:
             raise ConfigError(f"think_time_scale must be a finite number >= 0, not {scale!r}")
         if not _is_int(self.max_context_tokens) or self.max_context_tokens < 0:
             raise ConfigError(f"max_context_tokens must be an integer >= 0 (0 = no cap), not {self.max_context_tokens!r}")
-        example = ", ".join(f"{k}: {v}" for k, v in DEFAULT_PERSONA_MIX.items())
-        mix = self.persona_mix
-        if not isinstance(mix, dict) or not mix:
-            raise ConfigError(f"persona_mix must map persona names to weights, e.g. {{{example}}}")
-        unknown = sorted(set(mix) - set(PERSONAS))
-        if unknown:
-            raise ConfigError(f"persona_mix names unknown persona(s) {unknown}; known: {sorted(PERSONAS)}")
-        for name, weight in mix.items():
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
-                raise ConfigError(f"persona_mix weight for {name!r} must be a finite number >= 0, not {weight!r}")
-        if sum(mix.values()) <= 0:
-            raise ConfigError(f"persona_mix weights must not all be zero; give at least one persona a positive weight, e.g. {{{example}}}")
+        check_mix("persona_mix", self.persona_mix, PERSONAS, DEFAULT_PERSONA_MIX, "persona")
 
     def to_dict(self) -> dict:
         return {
