@@ -30,11 +30,12 @@ from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin
 )
 from .fsinfo import describe_drive
 from .memory import check_host_memory
+from .options import OPTIONS
 from .plots import plots_available, render_plots
 from .report import build_report, scenario_text
 from .result import ScenarioResult
 from .session import KVSession, check_output_path, check_report_path
-from .settings import GB, OPTIONS, build_settings
+from .settings import GB, build_settings
 from .tiers import TIER_CONFIGS
 
 _OLD_SIGTERM = pytest.StashKey[object]()

@@ -1,8 +1,7 @@
-"""Run settings: one table of options, merged CLI > environment > YAML > ini > defaults.
+"""Run settings: the options of ``options.OPTIONS``, merged CLI > environment > YAML > ini > defaults.
 
-The table drives the pytest options, the ini keys, the environment variables
-(``KVCACHE_<NAME>``) and the YAML keys, so they can never drift apart. Every value is
-validated here; a bad one raises ``ConfigError`` whose message names the option and the fix.
+Every value is validated here; a bad one raises ``ConfigError`` whose message names the
+option and the fix.
 """
 
 from __future__ import annotations
@@ -11,165 +10,20 @@ import dataclasses
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .fsinfo import MOUNTS, memory_medium
+from .options import OPTION_BY_NAME, OPTIONS, Option
 from .yamlfile import read_yaml
 
-GENERATION_MODES = ("none", "fast", "realistic")
-READ_MODELS = ("once", "reference")
-FILE_IO_MODES = ("auto", "direct", "buffered")
-PROFILES = ("latency", "throughput", "none")
-WORKLOADS = ("chat", "rag", "mixed")
-AUTOSCALE_MODES = ("off", "qos", "capacity", "sla-search")
-PRESETS = ("none", "mlperf-closed")
-PHASES = ("mixed", "prefill", "decode")
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str  # settings field; CLI --kv-<name with - for _>; ini kv_<name>; env KVCACHE_<NAME>
-    kind: str  # int, count (int >= 0), posint, nonneg, posfloat, choice, str, path, list
-    default: Any
-    help: str
-    choices: tuple = ()
-
-    @property
-    def flag(self) -> str:
-        return "--kv-" + self.name.replace("_", "-")
-
-    @property
-    def ini(self) -> str:
-        return "kv_" + self.name
-
-    @property
-    def env(self) -> str:
-        return "KVCACHE_" + self.name.upper()
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("model", "str", "tiny-1b", "model from the catalog (or a --kv-config YAML) whose KV size per token is used"),
-    Option("config", "path", None, "YAML file with settings and custom models (keys as the option names)"),
-    Option("cache_dir", "path", None, "directory on the drive under test in which the run makes its private directory (default: the system temp dir, or /var/tmp when that is memory)"),
-    Option("allow_memory_fs", "flag", False, "let --kv-cache-dir be on memory (tmpfs, ramfs, an overlay on tmpfs, a RAM disk): its figures are marked 'memory, not a drive' and fail storage.memory_tiers==0"),
-    Option("gpu_mem_gb", "nonneg", 1.0, "GPU tier budget in GB"),
-    Option("cpu_mem_gb", "nonneg", 1.5, "CPU tier budget in GB"),
-    Option("nvme_capacity_gb", "nonneg", 0.0, "nvme tier budget in GB (0 = half the free space, at most 64 GB)"),
-    Option("nvme_backend", "str", "file", "backend implementing the nvme tier"),
-    Option("users", "posint", 4, "concurrent simulated users (closed loop)"),
-    Option("duration", "posfloat", 15.0, "measurement window in seconds"),
-    Option("warmup", "nonneg", 2.0, "seconds of load before the window opens"),
-    Option("seed", "int", 42, "root seed of the workload trace"),
-    Option("generation_mode", "choice", "fast", "decode pacing: none (0), fast (2 ms/token), realistic (30 ms/token)", GENERATION_MODES),
-    Option("read_model", "choice", "once", "once: load the KV once per request; reference: re-read it every 32 decoded tokens (MLPerf parity)", READ_MODELS),
-    Option("chunk_tokens", "int", 256, "tokens per KV chunk (0 = one entry per request segment, as the MLPerf reference)"),
-    Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
-    Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
-    Option("workload", "choice", "chat", "chat: the personas' multi-turn conversations, shaped by the prompt options below; rag: documents stored before the window, queries that load their top-k documents then ask a question (scenarios/test_rag.py sets it for itself); mixed: both in one run, every user a RAG or a chat user by --kv-rag-user-share (the kitchen-sink scenario)", WORKLOADS),
-    Option("system_prompt_tokens", "count", 0, "tokens of one system prompt shared by every request (its KV blocks are stored once and hit by all; 0 = none)"),
-    Option("prefix_pool", "count", 0, "number of shared prefix prompts (seed 000's pool); each conversation draws one (0 = no pool; needs --kv-prefix-tokens)"),
-    Option("prefix_tokens", "count", 0, "tokens of each prefix of the pool (needs --kv-prefix-pool 1 or more)"),
-    Option("input_tokens_mean", "nonneg", 0.0, "mean of each turn's new prompt tokens, a positive normal draw (0 = uniform in the personas' ranges)"),
-    Option("input_tokens_stddev", "nonneg", 0.0, "standard deviation of each turn's new prompt tokens (needs --kv-input-tokens-mean)"),
-    Option("output_tokens_mean", "nonneg", 0.0, "mean of each turn's generated tokens, a positive normal draw (0 = uniform in the personas' ranges)"),
-    Option("output_tokens_stddev", "nonneg", 0.0, "standard deviation of each turn's generated tokens (needs --kv-output-tokens-mean)"),
-    Option("rag_documents", "posint", 10, "RAG: documents stored before the window (--kv-workload rag)"),
-    Option("rag_doc_tokens_min", "count", 0, "RAG: smallest document in tokens (0 = 4,000, or 1,024 for models of 64 layers or more)"),
-    Option("rag_doc_tokens_max", "count", 0, "RAG: largest document in tokens (0 = 12,000, or 4,096 for models of 64 layers or more)"),
-    Option("rag_top_k", "posint", 2, "RAG: documents each query retrieves (Zipf-skewed, distinct; at most --kv-rag-documents)"),
-    Option("rag_user_share", "nonneg", 0.25, "--kv-workload mixed: share of users that are RAG users, 0 to 1, by a fixed stride (0.25 = users 0, 4, 8, ...); the others are chat users"),
-    Option("max_inflight", "int", 0, "at most this many requests in service at once (worker threads); the rest wait in the admission queue (0 = min(users, 256), vLLM's default max_num_seqs)"),
-    Option("request_rate", "nonneg", 0.0, "open-loop arrivals: seeded Poisson requests per second into a bounded admission queue (0 = closed-loop users)"),
-    Option("queue_depth", "int", 64, "open loop: most requests waiting for service; an arrival beyond it is rejected and counted"),
-    Option("max_concurrent_allocs", "int", 0, "at most this many cache stores (allocations) under way at once, as MLPerf's --max-concurrent-allocs (0 = no bound)"),
-    Option("qos_aging", "nonneg", 0.5, "seconds of queue wait per QoS class step up, so batch requests cannot starve (0 = no aging)"),
-    Option("autoscale", "choice", "off", "grow and shrink the closed-loop user pool during the run, starting from --kv-users: qos holds the saturation --kv-autoscale-target (step p95 of --kv-sla-metric / --kv-sla-target-ms), capacity grows users while storage GB/s rises and stops after two steps without a gain, sla-search finds the most users whose step p95 of --kv-sla-metric meets --kv-sla-target-ms (off = a fixed user count)", AUTOSCALE_MODES),
-    Option("autoscale_interval", "posfloat", 2.0, "seconds of one measured step of --kv-autoscale (after a change of the user count, half as long again settles unmeasured first)"),
-    Option("autoscale_max_users", "posint", 32, "--kv-autoscale: most users the pool may grow to (the trace holds this many users)"),
-    Option("autoscale_target", "posfloat", 0.8, "--kv-autoscale qos: saturation to hold; scale up below target-0.1, down above target+0.1"),
-    Option("sla_metric", "str", "storage.read.p95", "--kv-autoscale qos / sla-search: the latency judged per step: <tier>.<op>.<p50|p95|p99> (tier 'storage' = the scenario's storage tier), e2e.<stat> or qos.<class>.<stat> (end to end)"),
-    Option("sla_target_ms", "posfloat", 200.0, "--kv-autoscale qos / sla-search: the SLA target of --kv-sla-metric in milliseconds"),
-    Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
-    Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
-    Option("file_recycle", "choice", "on", "file tier: on = a freed chunk's file is kept and overwritten in place by a later write (no file creation per write); off = unlink on free, create on write", ("on", "off")),
-    Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
-    Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
-    Option("report", "path", "kvcache-report.json", "where the JSON session report is written ('' = none)"),
-    Option("plots", "path", None, "write PNG plots and an index.html of the session into this directory (needs the plots extra)"),
-    Option("verify", "flag", False, "check every block read against what was written; mismatches fail the scenario"),
-    Option("trials", "posint", 1, "run each scenario this many times (fresh tiers each trial, same seed); figures are the mean over trials with a 95 percent confidence interval and CV (summary.trials), criteria gate on the mean"),
-    Option("precondition_gb", "nonneg", 0.0, "before the window, fill the storage tier's drive with this many GB of files (excluded from every figure, removed at the end; 0 = off)"),
-    Option("phase", "choice", "mixed", "mixed: requests load their cached prefix and store the rest; prefill: store only, never load (write-heavy, a disaggregated prefill node); decode: the prompts are stored before the window, then requests only load (read-heavy, a decode node)", PHASES),
-    Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
-    Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
-)
-OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 GB = 10**9
 
 
-@dataclass(frozen=True)
-class Settings:
-    model: str = "tiny-1b"
-    config: str | None = None
-    cache_dir: str | None = None
-    allow_memory_fs: bool = False
-    gpu_mem_gb: float = 1.0
-    cpu_mem_gb: float = 1.5
-    nvme_capacity_gb: float = 0.0
-    nvme_backend: str = "file"
-    users: int = 4
-    duration: float = 15.0
-    warmup: float = 2.0
-    seed: int = 42
-    generation_mode: str = "fast"
-    read_model: str = "once"
-    chunk_tokens: int = 256
-    requests_per_user: int = 500
-    think_time_scale: float = 1.0
-    workload: str = "chat"
-    system_prompt_tokens: int = 0
-    prefix_pool: int = 0
-    prefix_tokens: int = 0
-    input_tokens_mean: float = 0.0
-    input_tokens_stddev: float = 0.0
-    output_tokens_mean: float = 0.0
-    output_tokens_stddev: float = 0.0
-    rag_documents: int = 10
-    rag_doc_tokens_min: int = 0
-    rag_doc_tokens_max: int = 0
-    rag_top_k: int = 2
-    rag_user_share: float = 0.25
-    max_inflight: int = 0
-    request_rate: float = 0.0
-    queue_depth: int = 64
-    max_concurrent_allocs: int = 0
-    qos_aging: float = 0.5
-    autoscale: str = "off"
-    autoscale_interval: float = 2.0
-    autoscale_max_users: int = 32
-    autoscale_target: float = 0.8
-    sla_metric: str = "storage.read.p95"
-    sla_target_ms: float = 200.0
-    io_block_mb: float = 4.0
-    file_io_mode: str = "auto"
-    file_recycle: str = "on"
-    profile: str = "latency"
-    threshold: tuple = ()
-    report: str | None = "kvcache-report.json"
-    plots: str | None = None
-    verify: bool = False
-    trials: int = 1
-    precondition_gb: float = 0.0
-    phase: str = "mixed"
-    preset: str = "none"
-    smoke: bool = False
-    models: dict = field(default_factory=dict, compare=False)  # custom models from YAML
-    qos: dict = field(default_factory=dict)  # QoS class overrides from YAML (load.qos.load_qos)
-    threshold_source: str = field(default="default", compare=False)  # cli, env, yaml or ini
-    explicit: frozenset = field(default=frozenset(), compare=False)  # options the user set (any source)
+class _SettingsMethods:
+    """What every ``Settings`` can do; its fields come from ``options.OPTIONS``."""
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -226,6 +80,22 @@ class Settings:
         from .load.qos import load_qos
 
         return load_qos(self.qos or None)
+
+
+_KIND_TYPES = {"int": int, "count": int, "posint": int, "nonneg": float, "posfloat": float, "flag": bool,
+               "choice": str, "str": str, "path": str, "list": tuple}
+_SETTINGS_DOC = """One run's settings (frozen): a field per ``options.OPTIONS`` entry with its default, plus
+``models`` (custom models from YAML), ``qos`` (QoS class overrides from YAML), ``threshold_source``
+(cli, env, yaml, ini or default) and ``explicit`` (the options the user set, from any source)."""
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(o.name, _KIND_TYPES[o.kind], field(default=o.default)) for o in OPTIONS] + [
+        ("models", dict, field(default_factory=dict, compare=False)),
+        ("qos", dict, field(default_factory=dict)),
+        ("threshold_source", str, field(default="default", compare=False)),
+        ("explicit", frozenset, field(default=frozenset(), compare=False)),
+    ],
+    bases=(_SettingsMethods,), frozen=True, namespace={"__module__": __name__, "__doc__": _SETTINGS_DOC})
 
 
 def default_cache_root(candidates=None, mounts_file: str = MOUNTS) -> Path:

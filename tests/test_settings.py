@@ -4,7 +4,8 @@ import pytest
 
 from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.models import CATALOG, load_models_yaml, resolve_model
-from pytest_kvcache.settings import OPTION_BY_NAME, OPTIONS, Settings, build_settings
+from pytest_kvcache.options import OPTION_BY_NAME, OPTIONS
+from pytest_kvcache.settings import Settings, build_settings
 
 
 def test_dataclass_defaults_match_the_option_table():

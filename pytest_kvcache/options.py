@@ -1,0 +1,117 @@
+"""The option table: every run setting's name, kind, default and help, in one place.
+
+The table drives the pytest options, the ini keys, the environment variables
+(``KVCACHE_<NAME>``), the YAML keys and the fields of ``settings.Settings``, so they can never
+drift apart. Options are grouped by concern; a feature adds its own group to ``OPTIONS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GENERATION_MODES = ("none", "fast", "realistic")
+READ_MODELS = ("once", "reference")
+FILE_IO_MODES = ("auto", "direct", "buffered")
+PROFILES = ("latency", "throughput", "none")
+WORKLOADS = ("chat", "rag", "mixed")
+AUTOSCALE_MODES = ("off", "qos", "capacity", "sla-search")
+PRESETS = ("none", "mlperf-closed")
+PHASES = ("mixed", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # settings field; CLI --kv-<name with - for _>; ini kv_<name>; env KVCACHE_<NAME>
+    kind: str  # int, count (int >= 0), posint, nonneg, posfloat, choice, str, path, list
+    default: Any
+    help: str
+    choices: tuple = ()
+
+    @property
+    def flag(self) -> str:
+        return "--kv-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "kv_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "KVCACHE_" + self.name.upper()
+
+
+# the model, the tiers and the run's shape
+TIER_OPTIONS: tuple[Option, ...] = (
+    Option("model", "str", "tiny-1b", "model from the catalog (or a --kv-config YAML) whose KV size per token is used"),
+    Option("config", "path", None, "YAML file with settings and custom models (keys as the option names)"),
+    Option("cache_dir", "path", None, "directory on the drive under test in which the run makes its private directory (default: the system temp dir, or /var/tmp when that is memory)"),
+    Option("allow_memory_fs", "flag", False, "let --kv-cache-dir be on memory (tmpfs, ramfs, an overlay on tmpfs, a RAM disk): its figures are marked 'memory, not a drive' and fail storage.memory_tiers==0"),
+    Option("gpu_mem_gb", "nonneg", 1.0, "GPU tier budget in GB"),
+    Option("cpu_mem_gb", "nonneg", 1.5, "CPU tier budget in GB"),
+    Option("nvme_capacity_gb", "nonneg", 0.0, "nvme tier budget in GB (0 = half the free space, at most 64 GB)"),
+    Option("nvme_backend", "str", "file", "backend implementing the nvme tier"),
+    Option("users", "posint", 4, "concurrent simulated users (closed loop)"),
+    Option("duration", "posfloat", 15.0, "measurement window in seconds"),
+    Option("warmup", "nonneg", 2.0, "seconds of load before the window opens"),
+    Option("seed", "int", 42, "root seed of the workload trace"),
+    Option("generation_mode", "choice", "fast", "decode pacing: none (0), fast (2 ms/token), realistic (30 ms/token)", GENERATION_MODES),
+    Option("read_model", "choice", "once", "once: load the KV once per request; reference: re-read it every 32 decoded tokens (MLPerf parity)", READ_MODELS),
+    Option("chunk_tokens", "int", 256, "tokens per KV chunk (0 = one entry per request segment, as the MLPerf reference)"),
+)
+# what the users ask (the seeded workload trace)
+WORKLOAD_OPTIONS: tuple[Option, ...] = (
+    Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
+    Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
+    Option("workload", "choice", "chat", "chat: the personas' multi-turn conversations, shaped by the prompt options below; rag: documents stored before the window, queries that load their top-k documents then ask a question (scenarios/test_rag.py sets it for itself); mixed: both in one run, every user a RAG or a chat user by --kv-rag-user-share (the kitchen-sink scenario)", WORKLOADS),
+    Option("system_prompt_tokens", "count", 0, "tokens of one system prompt shared by every request (its KV blocks are stored once and hit by all; 0 = none)"),
+    Option("prefix_pool", "count", 0, "number of shared prefix prompts (seed 000's pool); each conversation draws one (0 = no pool; needs --kv-prefix-tokens)"),
+    Option("prefix_tokens", "count", 0, "tokens of each prefix of the pool (needs --kv-prefix-pool 1 or more)"),
+    Option("input_tokens_mean", "nonneg", 0.0, "mean of each turn's new prompt tokens, a positive normal draw (0 = uniform in the personas' ranges)"),
+    Option("input_tokens_stddev", "nonneg", 0.0, "standard deviation of each turn's new prompt tokens (needs --kv-input-tokens-mean)"),
+    Option("output_tokens_mean", "nonneg", 0.0, "mean of each turn's generated tokens, a positive normal draw (0 = uniform in the personas' ranges)"),
+    Option("output_tokens_stddev", "nonneg", 0.0, "standard deviation of each turn's generated tokens (needs --kv-output-tokens-mean)"),
+    Option("rag_documents", "posint", 10, "RAG: documents stored before the window (--kv-workload rag)"),
+    Option("rag_doc_tokens_min", "count", 0, "RAG: smallest document in tokens (0 = 4,000, or 1,024 for models of 64 layers or more)"),
+    Option("rag_doc_tokens_max", "count", 0, "RAG: largest document in tokens (0 = 12,000, or 4,096 for models of 64 layers or more)"),
+    Option("rag_top_k", "posint", 2, "RAG: documents each query retrieves (Zipf-skewed, distinct; at most --kv-rag-documents)"),
+    Option("rag_user_share", "nonneg", 0.25, "--kv-workload mixed: share of users that are RAG users, 0 to 1, by a fixed stride (0.25 = users 0, 4, 8, ...); the others are chat users"),
+)
+# how requests arrive and are admitted; the autoscaler
+LOAD_OPTIONS: tuple[Option, ...] = (
+    Option("max_inflight", "int", 0, "at most this many requests in service at once (worker threads); the rest wait in the admission queue (0 = min(users, 256), vLLM's default max_num_seqs)"),
+    Option("request_rate", "nonneg", 0.0, "open-loop arrivals: seeded Poisson requests per second into a bounded admission queue (0 = closed-loop users)"),
+    Option("queue_depth", "int", 64, "open loop: most requests waiting for service; an arrival beyond it is rejected and counted"),
+    Option("max_concurrent_allocs", "int", 0, "at most this many cache stores (allocations) under way at once, as MLPerf's --max-concurrent-allocs (0 = no bound)"),
+    Option("qos_aging", "nonneg", 0.5, "seconds of queue wait per QoS class step up, so batch requests cannot starve (0 = no aging)"),
+    Option("autoscale", "choice", "off", "grow and shrink the closed-loop user pool during the run, starting from --kv-users: qos holds the saturation --kv-autoscale-target (step p95 of --kv-sla-metric / --kv-sla-target-ms), capacity grows users while storage GB/s rises and stops after two steps without a gain, sla-search finds the most users whose step p95 of --kv-sla-metric meets --kv-sla-target-ms (off = a fixed user count)", AUTOSCALE_MODES),
+    Option("autoscale_interval", "posfloat", 2.0, "seconds of one measured step of --kv-autoscale (after a change of the user count, half as long again settles unmeasured first)"),
+    Option("autoscale_max_users", "posint", 32, "--kv-autoscale: most users the pool may grow to (the trace holds this many users)"),
+    Option("autoscale_target", "posfloat", 0.8, "--kv-autoscale qos: saturation to hold; scale up below target-0.1, down above target+0.1"),
+    Option("sla_metric", "str", "storage.read.p95", "--kv-autoscale qos / sla-search: the latency judged per step: <tier>.<op>.<p50|p95|p99> (tier 'storage' = the scenario's storage tier), e2e.<stat> or qos.<class>.<stat> (end to end)"),
+    Option("sla_target_ms", "posfloat", 200.0, "--kv-autoscale qos / sla-search: the SLA target of --kv-sla-metric in milliseconds"),
+)
+# how the file tier does its I/O
+IO_OPTIONS: tuple[Option, ...] = (
+    Option("io_block_mb", "posfloat", 4.0, "largest single transfer (and per-thread staging buffer) in MiB"),
+    Option("file_io_mode", "choice", "auto", "file tier I/O: auto (O_DIRECT where the file system honours it), direct, buffered", FILE_IO_MODES),
+    Option("file_recycle", "choice", "on", "file tier: on = a freed chunk's file is kept and overwritten in place by a later write (no file creation per write); off = unlink on free, create on write", ("on", "off")),
+)
+# criteria and what the run writes
+REPORT_OPTIONS: tuple[Option, ...] = (
+    Option("profile", "choice", "latency", "default criteria: latency, throughput or none", PROFILES),
+    Option("threshold", "list", (), "criterion such as 'nvme.read.p95<=200ms' (repeatable)"),
+    Option("report", "path", "kvcache-report.json", "where the JSON session report is written ('' = none)"),
+    Option("plots", "path", None, "write PNG plots and an index.html of the session into this directory (needs the plots extra)"),
+    Option("verify", "flag", False, "check every block read against what was written; mismatches fail the scenario"),
+)
+# repeated runs, preconditioning, phases and presets
+PROCEDURE_OPTIONS: tuple[Option, ...] = (
+    Option("trials", "posint", 1, "run each scenario this many times (fresh tiers each trial, same seed); figures are the mean over trials with a 95 percent confidence interval and CV (summary.trials), criteria gate on the mean"),
+    Option("precondition_gb", "nonneg", 0.0, "before the window, fill the storage tier's drive with this many GB of files (excluded from every figure, removed at the end; 0 = off)"),
+    Option("phase", "choice", "mixed", "mixed: requests load their cached prefix and store the rest; prefill: store only, never load (write-heavy, a disaggregated prefill node); decode: the prompts are stored before the window, then requests only load (read-heavy, a decode node)", PHASES),
+    Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
+    Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
+)
+OPTIONS: tuple[Option, ...] = TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
