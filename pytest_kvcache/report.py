@@ -63,6 +63,8 @@ def format_figure(value, unit: str) -> str:
         return "n/a"
     if unit == "%":
         return f"{value * 100:.1f}%"
+    if unit == "count" and isinstance(value, float):  # a mean over trials
+        return f"{value:,.1f}"
     if unit in ("count", ""):
         return f"{value:,}" if isinstance(value, int) else str(value)
     if unit == "x":

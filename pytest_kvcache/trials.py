@@ -87,7 +87,7 @@ def combine_metrics(per_trial: Sequence[dict]) -> dict:
 def summarize(headlines: Sequence[dict], seed: int, metrics: Sequence[dict] = (), tiers: Sequence[str] = ()) -> dict:
     """``summary.trials``: each trial's headline figures, and per numeric figure its mean, stdev,
     95% confidence interval and coefficient of variation (``describe``); the same for each
-    tier's read and write p95 (seconds) from the trials' flat ``metrics``."""
+    tier's read, write and demote_write p95 (seconds) from the trials' flat ``metrics``."""
     keys = [k for k in dict.fromkeys(k for h in headlines for k in h)
             if any(_number(h.get(k)) for h in headlines)]
     return {
@@ -95,7 +95,7 @@ def summarize(headlines: Sequence[dict], seed: int, metrics: Sequence[dict] = ()
         "per_trial": [dict(h) for h in headlines],
         "figures": {k: describe([h.get(k) for h in headlines]) for k in keys},
         "latency_p95_s": {key: describe([m.get(key) for m in metrics]) for key in
-                          (f"{tier}.{op}.p95" for tier in tiers for op in ("read", "write"))
+                          (f"{tier}.{op}.p95" for tier in tiers for op in ("read", "write", "demote_write"))
                           if any(key in m for m in metrics)},
         "interval": "Student's t 95% confidence interval over the trials (mean ± t(0.975, n-1)·s/√n, s with ddof 1; "
                     "t from the NIST/SEMATECH e-Handbook table 1.3.6.7.2); cv = s / mean",

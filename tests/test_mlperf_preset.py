@@ -83,3 +83,20 @@ def test_tiers(kv_tiers, kv_run):
                                 "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*runs only its own tests*"])
+
+
+def _one_trial(metrics: dict):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(summary={"headline": {"storage_read_gbps": 0.2}}, tiers=["cpu", "nvme"], metrics=metrics,
+                           model={"name": "llama3.1-8b"}, settings={"users": 100}, status="passed")
+
+
+def test_the_write_p95_is_of_demotions_when_every_drive_write_is_one():
+    """Option 2 writes to its CPU tier; the drive sees only demotions, whose p95 is the device's write p95."""
+    behind_cpu = mlperf.score("option2", _one_trial({"nvme.read.p95": 0.5, "nvme.demote_write.p95": 2.0}))
+    assert behind_cpu["device_write_op"] == "demote_write" and behind_cpu["device_write_p95_ms"]["mean"] == 2000.0
+    direct = mlperf.score("option1", _one_trial({"nvme.write.p95": 1.0, "nvme.demote_write.p95": 9.0}))
+    assert direct["device_write_op"] == "write" and direct["device_write_p95_ms"]["mean"] == 1000.0
+    nothing = mlperf.score("option1", _one_trial({"nvme.read.p95": 0.5}))
+    assert nothing["device_write_p95_ms"]["mean"] is None  # n/a, never 0

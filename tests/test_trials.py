@@ -93,3 +93,11 @@ def test_the_terminal_line_gives_means_intervals_and_cv():
     assert trials_text(None) is None
     line = trials_text(summarize([{"storage_read_gbps": 1.0}, {"storage_read_gbps": 3.0}], 42))
     assert line.startswith("trials 2") and "storage read 2.000 [-10.706, 14.706] GB/s cv 70.7%" in line
+
+
+def test_a_count_averaged_over_trials_reads_as_a_number_not_a_float_repr():
+    from pytest_kvcache.report import format_figure
+
+    assert format_figure(475.6666666666667, "count") == "475.7"
+    assert format_figure(1200, "count") == "1,200"
+    assert format_figure(None, "count") == "n/a"
