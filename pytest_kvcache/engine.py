@@ -414,6 +414,11 @@ class _Run:
                 absent[f"cache.hit_rate.{kind}"] = absent[f"cache.block_hit_rate.{kind}"] = why
         if "rag" not in kinds:
             absent["retrieval."] = "this workload has no RAG queries"
+        if not kinds:  # e.g. a BurstGPT trace: token counts only, every prompt private
+            why = "no prompt of this workload shares anything a cache could hold (no prefix, documents or later turns)"
+            absent["cache.hit_rate"] = why
+            for tier in self.prov.tier_names if self.settings.read_model != "reference" else ():
+                absent[f"{tier}.read."] = why
         for kind in ("read", "write") if self.storage_tier else ():  # no counters, or too few bytes
             why = device_counters.get(f"{kind}_ratio_reason") or (
                 None if device_counters.get("available") else f"no device counters: {device_counters.get('reason')}")

@@ -32,6 +32,7 @@ says the file is incomplete. ``.gz`` is gzip (stdlib); ``.zst`` needs the ``zsta
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -169,7 +170,8 @@ def write_io_trace(log: IOLog, base: str | Path, scenario: str, window_start_ns:
             writer.writerows(log.rows(window_start_ns, window_end_ns))
         os.replace(part, path)
     except OSError as exc:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the partial file, if it was made at all
+            part.unlink(missing_ok=True)
         info.update(path=None, error=f"cannot write the I/O trace {path}: {exc.strerror or exc}; choose a writable "
                                      "--kv-io-trace path with room for it")
         return info

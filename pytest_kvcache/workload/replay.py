@@ -281,6 +281,17 @@ def load_trace(opts: TraceOptions) -> ReplayTrace:
     return trace
 
 
+def check_trace_options(values: dict) -> None:
+    """Checks across the ``--kv-trace*`` options (option name -> value); ConfigError naming the fix."""
+    source = values.get("trace")
+    for name in ("trace_save", "io_trace"):
+        out = values.get(name)
+        if source and out and Path(out).resolve() == Path(source).resolve():
+            flag = "--kv-" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {out} is the --kv-trace file itself: writing it would destroy the trace being "
+                              f"replayed; give {flag} another path.")
+
+
 def check_trace_settings(trace: Trace, settings) -> None:
     """Options that do not fit a timestamped trace; ConfigError naming the fix."""
     if not check_timed(trace, "--kv-trace"):
