@@ -202,16 +202,16 @@ class Runner:
     def _timed_arrivals(self, t0: int) -> None:
         """Each user's one request at its trace timestamp (scaled by the speed-up)."""
         cfg = self.config
-        by_index = {u.index: u for u in self._users}
-        arrival = [reqs[0].arrival_s if reqs else 0.0 for reqs in self.trace.per_user]
-        schedule = trace_arrivals(arrival, cfg.trace_speedup, cfg.warmup_s + cfg.duration_s)
+        users = self._users  # each with one request (workload.replay.check_timed)
+        schedule = trace_arrivals([u.requests[0].arrival_s for u in users], cfg.trace_speedup,
+                                  cfg.warmup_s + cfg.duration_s)
         self.info.arrivals = len(schedule)
-        for t, index in schedule:
+        for t, i in schedule:
             due = t0 + int(t * 1e9)
             delay = (due - time.perf_counter_ns()) / 1e9
             if (delay > 0 and self._stop.wait(delay)) or self._stop.is_set():
                 return
-            user = by_index[index]
+            user = users[i]
             if not self._offer(user, due):  # rejected: this user's only request is gone
                 with self._lock:
                     user.wanted = False

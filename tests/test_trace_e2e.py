@@ -35,7 +35,9 @@ def replay(pytester, cache_dir, *args, report="kvcache-report.json"):
 
 def test_a_mooncake_trace_replays_with_shared_hash_ids_as_real_prefix_hits(pytester, cache_dirs):
     path = DATA / "mooncake_sample.jsonl"
-    result, data = replay(pytester, cache_dirs[0], "--kv-trace", str(path), "--kv-chunk-tokens", "512")
+    # a 20 s window: the 1.47 s trace runs out long before it, however loaded the machine
+    result, data = replay(pytester, cache_dirs[0], "--kv-trace", str(path), "--kv-chunk-tokens", "512",
+                          "--kv-duration", "20")
     result.assert_outcomes(passed=1, deselected=5)
     result.stdout.fnmatch_lines(["*trace *mooncake_sample.jsonl (mooncake, file sha256 *): 50 requests, * rejected*"])
     scn = data["scenarios"][0]
@@ -46,7 +48,7 @@ def test_a_mooncake_trace_replays_with_shared_hash_ids_as_real_prefix_hits(pytes
     assert hits["tokens"] is not None and hits["tokens"] > 0.2  # shared hash ids were read back from the drive
     reads = scn["metrics"]["nvme.read.count"]
     assert reads > 0  # the hits are real I/O on the file tier
-    assert scn["trace"]["exhausted"] is True and scn["summary"]["window_s"] < 2.0  # 1.47 s of trace, 2 s window
+    assert scn["trace"]["exhausted"] is True and scn["summary"]["window_s"] < 15  # the window actually measured
     arrivals = scn["summary"]["arrivals"]
     assert arrivals["open_loop"] and arrivals["offered"] == 50 and arrivals["rejected"] is not None
     assert scn["trace"]["requests_finished"] == 50 - arrivals["rejected"]
