@@ -265,3 +265,13 @@ def test_the_outputs_may_not_overwrite_the_trace_being_replayed(tmp_path):
         build_settings({"trace": str(MOONCAKE), "trace_save": str(MOONCAKE)}, {}, env={})
     with pytest.raises(ConfigError, match="--kv-io-trace .* is the --kv-trace file itself"):
         build_settings({"trace": str(MOONCAKE), "io_trace": str(MOONCAKE)}, {}, env={})
+
+
+def test_a_save_that_cannot_be_written_is_a_config_error_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    settings = build_settings({"trace_save": str(tmp_path / "out.jsonl")}, {}, env={})
+    settings = settings.replace(trace_save=str(blocker / "out.jsonl"))  # the check at start-up would refuse it
+    with pytest.raises(ConfigError, match="--kv-trace-save .*cannot write it"):
+        TraceFiles().save(load_trace(TraceOptions(str(MOONCAKE))), settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

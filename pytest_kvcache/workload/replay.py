@@ -30,12 +30,14 @@ the fix; files are read as UTF-8 text, ``.gz`` through gzip.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,7 +334,14 @@ class TraceFiles:
             path = Path(settings.trace_save)
             if self.saved:
                 path = path.with_name(f"{path.stem}.{sha[:12]}{path.suffix}")
-            save_jsonl(trace, path)
+            part = path.with_name(f"{path.name}.{os.getpid()}.part")  # renamed when whole: xdist workers
+            try:                                                      # may write the same file at once
+                save_jsonl(trace, part)
+                os.replace(part, path)
+            except (ConfigError, OSError) as exc:
+                with contextlib.suppress(OSError):
+                    part.unlink(missing_ok=True)
+                raise ConfigError(f"--kv-trace-save {path}: cannot write it ({exc}); choose a writable path.") from None
             self.saved[sha] = path
         return self.saved[sha]
 
