@@ -15,8 +15,9 @@ DATA = Path(__file__).parent / "data"
 SCENARIO = (ROOT / "scenarios" / "test_trace.py").read_text()
 # a small model (2 KiB of KV per token: a 512-token block is 1 MiB) so a replay stays light
 MODEL = "models:\n  trace-test: {layers: 4, kv_heads: 2, head_dim: 64}\n"
+# no latency profile: these tests check what was replayed, not the speed of a shared, loaded disk
 FAST = ["--kv-model", "trace-test", "--kv-duration", "2", "--kv-warmup", "0", "--kv-generation-mode", "none",
-        "--kv-nvme-capacity-gb", "1", "-p", "no:cacheprovider", "-k", "storage-only"]
+        "--kv-nvme-capacity-gb", "1", "--kv-profile", "none", "-p", "no:cacheprovider", "-k", "storage-only"]
 
 
 @pytest.fixture
