@@ -76,6 +76,7 @@ def test_a_saved_trace_replays_exactly_on_another_cache_dir(pytester, cache_dirs
     result, b = replay(pytester, cache_dirs[1], "--kv-trace", str(first), "--kv-trace-save", str(second),
                        report="b.json")
     result.assert_outcomes(passed=1, deselected=5)
+    result.stdout.fnmatch_lines([f"*replayed from {first}*", f"trace saved to {second}: replay it exactly with*"])
     ta, tb = a["scenarios"][0]["trace"], b["scenarios"][0]["trace"]
     assert ta["sha256"] == tb["sha256"] and tb["source"]["format"] == "jsonl"
     assert first.read_bytes() == second.read_bytes()  # byte-identical request lists
