@@ -107,7 +107,7 @@ class MultiTierCache:
             with self._cond:
                 entry.pins -= 1
                 self._cond.notify_all()
-            self.recorder.io(tier.name, "read", cut.result, entry.tokens)
+            self.recorder.io(tier.name, "read", cut.result, entry.tokens, entry.key)
             return None
         except BaseException:
             with self._cond:
@@ -129,7 +129,7 @@ class MultiTierCache:
             if kind is not None:
                 self.recorder.lookup(kind, False, time.perf_counter_ns(), entry.tokens if tokens is None else tokens)
             return None
-        self.recorder.io(tier.name, "read", res, entry.tokens)
+        self.recorder.io(tier.name, "read", res, entry.tokens, entry.key)
         if kind is not None:
             self.recorder.lookup(kind, True, res.end_ns, entry.tokens if tokens is None else tokens)
         return tier.name
@@ -205,7 +205,7 @@ class MultiTierCache:
                     self._unlink(entry)
                     self._cond.notify_all()
                 if isinstance(exc, IOCut):  # the run is ending: not stored, not a drop
-                    self.recorder.io(tier.name, "write", exc.result, tokens)
+                    self.recorder.io(tier.name, "write", exc.result, tokens, key)
                     return None
                 if not isinstance(exc, BackendFull):
                     raise
@@ -216,7 +216,7 @@ class MultiTierCache:
             with self._cond:
                 entry.state = READY
                 self._cond.notify_all()
-            self.recorder.io(tier.name, "write", res, tokens)
+            self.recorder.io(tier.name, "write", res, tokens, key)
             return tier.name
         if full is not None:
             raise full
@@ -293,14 +293,14 @@ class MultiTierCache:
                 self._remove(entry, "evict")  # nowhere to put it: it leaves the cache
                 return
             res_r = src.backend.read(entry.key, entry.nbytes)
-            self.recorder.io(src.name, "demote_read", res_r, entry.tokens)
+            self.recorder.io(src.name, "demote_read", res_r, entry.tokens, entry.key)
             if self._ending:  # the copy below is not written yet: keep the entry where it is
                 self._keep(entry, dst, fp)
                 return
             res_w = dst.backend.write(entry.key, entry.nbytes)
         except IOCut as cut:  # the run is ending mid-copy: nothing below, the entry stays above
             op, where = ("demote_read", src) if res_r is None else ("demote_write", dst)
-            self.recorder.io(where.name, op, cut.result, entry.tokens)
+            self.recorder.io(where.name, op, cut.result, entry.tokens, entry.key)
             self._keep(entry, dst, fp)
             return
         except BaseException as exc:  # never leave the entry 'moving': others wait for it
@@ -312,10 +312,10 @@ class MultiTierCache:
                 raise
             self.recorder.error(f"demotion of {entry.key} from {src.name} to {dst.name}: {exc}")
             return
-        self.recorder.io(dst.name, "demote_write", res_w, entry.tokens)
+        self.recorder.io(dst.name, "demote_write", res_w, entry.tokens, entry.key)
         try:
             res_d = src.backend.delete(entry.key)
-            self.recorder.io(src.name, "delete", res_d, entry.tokens)
+            self.recorder.io(src.name, "delete", res_d, entry.tokens, entry.key)
         except BackendError as exc:  # the copy below is good; report the stale one above
             self.recorder.error(f"demotion of {entry.key}: freeing it in {src.name} failed: {exc}")
         with self._cond:
@@ -348,7 +348,7 @@ class MultiTierCache:
                 self._unlink(entry)
                 self._cond.notify_all()
         if res is not None:
-            self.recorder.io(tier.name, op, res, entry.tokens)
+            self.recorder.io(tier.name, op, res, entry.tokens, entry.key)
         if op == "evict":
             self.recorder.count(f"evictions.{tier.name}")
 

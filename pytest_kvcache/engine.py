@@ -23,6 +23,7 @@ from .criteria import Criterion
 from .devstats import DeviceWindow, compare_with_ours
 from .errors import ConfigError
 from .fsinfo import find_block_devices, free_bytes, memory_medium
+from .iotrace import IOLog, write_io_trace
 from .judging import evaluate
 from .memory import check_host_memory
 from .metrics import compute, headline
@@ -46,7 +47,7 @@ IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_bloc
                        "gpu_mem_gb", "cpu_mem_gb", "nvme_capacity_gb", "file_io_mode", "file_recycle",
                        "duration", "warmup", "verify",
                        "autoscale", "autoscale_interval", "autoscale_max_users", "autoscale_target", "sla_metric",
-                       "sla_target_ms")
+                       "sla_target_ms", "trace_speedup")
 """Settings besides the trace that change which I/O a scenario does (the workload hash covers them)."""
 
 
@@ -167,6 +168,7 @@ def provision(config: TierConfig, settings: Settings, registry: BackendRegistry)
 def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace: Trace,
                  criteria: list[Criterion], on_tick=None) -> ScenarioResult:
     recorder = Recorder()
+    recorder.io_log = IOLog() if settings.io_trace else None  # --kv-io-trace (iotrace.py)
     cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
     storage = storage_tier(prov.tier_names)
     storage_backend = prov.backends[prov.tier_names.index(storage)] if storage else None
@@ -194,7 +196,7 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         request_rate=settings.request_rate, queue_depth=settings.queue_depth,
         max_concurrent_allocs=settings.max_concurrent_allocs, qos=settings.qos_classes,
         qos_aging_s=settings.qos_aging, seed=settings.seed,
-        start_users=settings.users if scaler is not None else 0,
+        start_users=settings.users if scaler is not None else 0, trace_speedup=settings.trace_speedup,
     ), window_hooks=(device,) if device else (), on_tick=tick)
     runner.server.phase = settings.phase  # serve.RequestServer: mixed, prefill or decode
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
@@ -218,6 +220,9 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
                 raise ConfigError(f"--kv-precondition-gb: writing the fill in {pre.dir} failed: {exc}; lower "
                                   "--kv-precondition-gb or free space on the drive.") from None
         runner.run()
+        if recorder.io_log is not None:  # after the run: writing never competes with the measured I/O
+            run.io_trace = write_io_trace(recorder.io_log, settings.io_trace, prov.config.name,
+                                          recorder.window_start_ns, recorder.window_end_ns)
     except KeyboardInterrupt as exc:
         raise ScenarioInterrupted(run.result()) from exc
     finally:
@@ -308,6 +313,7 @@ class _Run:
     trace_hash_s: float | None = None  # seconds hashing the trace before the run (0 when cached)
     scaler: UserScaler | None = None  # --kv-autoscale: the user pool's steps
     precondition: dict | None = None  # --kv-precondition-gb: the fill before the window (precondition.py)
+    io_trace: dict | None = None  # --kv-io-trace: the file written after the run (iotrace.py)
 
     def _device_counters(self) -> tuple[dict, dict[str, float]]:
         """The device counters over the window beside our storage-tier bytes, and the ratios
@@ -331,7 +337,7 @@ class _Run:
         prov, recorder, cache, info = self.prov, self.recorder, self.cache, self.runner.info
         problems = [] if info.aborted else cache.check_invariants()
         flat, summary = compute(recorder, prov.tier_names, self.settings.qos_classes,
-                                open_loop=self.settings.request_rate > 0)
+                                open_loop=self.runner.open_loop)
         verifier = prov.ctx.verifier
         if verifier is not None:
             flat["verify.mismatches"] = verifier.mismatches
@@ -363,7 +369,7 @@ class _Run:
             device_counters=device_counters,
             trace=self._trace_identity(),
             run={"aborted": info.aborted, "entries_dropped": cache.dropped, "drain_s": info.drain_s,
-                 "trace_hash_s": self.trace_hash_s, "phase": self.settings.phase,
+                 "trace_hash_s": self.trace_hash_s, "phase": self.settings.phase, "io_trace": self.io_trace,
                  "decode_populate": self.runner.server.populated, "precondition": self.precondition,
                  "workers": info.workers, "peak_in_service": info.peak_in_service,
                  "peak_waiting": info.peak_waiting, "requests_unserved": info.requests_unserved,
@@ -408,6 +414,11 @@ class _Run:
                 absent[f"cache.hit_rate.{kind}"] = absent[f"cache.block_hit_rate.{kind}"] = why
         if "rag" not in kinds:
             absent["retrieval."] = "this workload has no RAG queries"
+        if not kinds:  # e.g. a BurstGPT trace: token counts only, every prompt private
+            why = "no prompt of this workload shares anything a cache could hold (no prefix, documents or later turns)"
+            absent["cache.hit_rate"] = why
+            for tier in self.prov.tier_names if self.settings.read_model != "reference" else ():
+                absent[f"{tier}.read."] = why
         for kind in ("read", "write") if self.storage_tier else ():  # no counters, or too few bytes
             why = device_counters.get(f"{kind}_ratio_reason") or (
                 None if device_counters.get("available") else f"no device counters: {device_counters.get('reason')}")
@@ -435,7 +446,7 @@ class _Run:
             for key, value in self.scaler.metrics().items():
                 if value is None:
                     absent[key] = f"the {mode} scaler found no figure: {self.scaler.summary()['stopped']}"
-        if self.settings.request_rate <= 0:
+        if not self.runner.open_loop:
             absent["requests.rejected"] = ("closed-loop users are never rejected; set --kv-request-rate for open-loop "
                                            "arrivals into a bounded queue")
         offered = self.runner.queue.counts()["offered"]  # the whole run, warm-up included
@@ -463,6 +474,8 @@ class _Run:
             "requests": len(trace), "users": len(trace.per_user),
             "requests_started": info.requests_started, "requests_finished": info.requests_finished,
             "replayed": ("the whole trace" if info.trace_exhausted else
+                         "the requests whose timestamps came before the window closed" if self.runner.timed else
                          "a prefix of each user's list: closed-loop users stop when the window closes"),
             "exhausted": info.trace_exhausted,
+            "source": getattr(trace, "source", None),  # --kv-trace: the file replayed (workload/replay.py)
         }

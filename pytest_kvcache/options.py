@@ -113,5 +113,21 @@ PROCEDURE_OPTIONS: tuple[Option, ...] = (
     Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
     Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
 )
-OPTIONS: tuple[Option, ...] = TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
+# production traces, exact replay and the I/O trace (workload/replay.py, iotrace.py)
+TRACE_FORMATS = ("auto", "jsonl", "mooncake", "burstgpt")
+TRACE_QOS = ("interactive", "responsive", "batch")
+TRACE_OPTIONS: tuple[Option, ...] = (
+    Option("trace", "path", None, "replay this trace file instead of the generated workload: our JSONL (exact replay of a --kv-trace-save file), a Mooncake JSONL (timestamp ms, input_length, output_length, hash_ids) or a BurstGPT CSV; timestamped traces arrive at their own times through the bounded admission queue (--kv-queue-depth)"),
+    Option("trace_format", "choice", "auto", "format of --kv-trace: auto (from the file's first line), jsonl, mooncake or burstgpt", TRACE_FORMATS),
+    Option("trace_block_tokens", "posint", 512, "Mooncake: tokens each hash id stands for (its KV block size); requests that share hash ids share those KV blocks"),
+    Option("trace_speedup", "posfloat", 1.0, "replay a timestamped trace this many times faster (2 = arrivals twice as close)"),
+    Option("trace_model", "str", "", "BurstGPT: keep only rows of this Model (e.g. ChatGPT or GPT-4; '' = all)"),
+    Option("trace_log_type", "str", "", "BurstGPT: keep only rows of this Log Type (e.g. 'Conversation log' or 'API log'; '' = all)"),
+    Option("trace_qos", "choice", "responsive", "QoS class of the requests of a Mooncake or BurstGPT trace (they carry none)", TRACE_QOS),
+    Option("trace_max_requests", "count", 0, "replay only the first N requests of --kv-trace (after filters; 0 = all)"),
+    Option("trace_save", "path", None, "write the trace each scenario ran as our versioned JSONL; --kv-trace replays it exactly (same trace hash) on another drive"),
+    Option("io_trace", "path", None, "write every I/O of each scenario as CSV (MLPerf reference columns Timestamp, Operation, Object_Size_Bytes, Tier, Key, Phase, plus Window); the scenario name goes before the suffix; .gz (or .zst with the zstandard package) compresses; buffered in memory during the run, written after it"),
+)
+OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
+                               + TRACE_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

@@ -252,8 +252,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                       f"it ({'; '.join(reasons)}); select a scenario that produces {criterion.metric} or remove it",
                       red=True)
     s = kv.results[0]
-    tr.write_line(f"trace sha256 {s.trace.get('sha256')} (the request list; seed {kv.settings.seed}, "
+    source = s.trace.get("source")  # --kv-trace
+    origin = f"replayed from {source['path']}" if source else f"seed {kv.settings.seed}"
+    tr.write_line(f"trace sha256 {s.trace.get('sha256')} (the request list; {origin}, "
                   f"{s.trace.get('requests')} requests); each scenario's workload_sha256 adds its tiers, model and I/O settings")
+    for path in kv.trace_files.saved.values():  # --kv-trace-save
+        tr.write_line(f"trace saved to {path}: replay it exactly with --kv-trace {path}")
     if kv.report_error is not None:
         tr.write_line(f"JSON report NOT written: {kv.report_error} The figures above are all that is kept "
                       f"of this run.", red=True, bold=True)

@@ -161,6 +161,7 @@ class Recorder:
         self.qos_within: dict[str, int] = {}
         self.arrivals: dict[str, list[int]] = {}
         self._step: StepFigures | None = None  # the autoscaler's step being measured
+        self.io_log = None  # --kv-io-trace: an iotrace.IOLog that keeps every I/O (set before the run)
 
     def begin_step(self, t_ns: int | None = None) -> None:
         """Start measuring an autoscaler step at ``t_ns`` (now): ``StepFigures``."""
@@ -213,12 +214,15 @@ class Recorder:
             return Progress(ops, data_bytes, self.window_s)
 
     # -- events ---------------------------------------------------------------
-    def io(self, tier: str, op: str, res: IOResult, tokens: int) -> None:
-        """Record one completed backend I/O of ``tokens`` KV tokens (see the module docstring)."""
+    def io(self, tier: str, op: str, res: IOResult, tokens: int, cache_key: str = "") -> None:
+        """Record one completed backend I/O of ``tokens`` KV tokens of entry ``cache_key`` (see the
+        module docstring); with ``io_log`` set, also keep it there for the I/O trace."""
         key = (tier, op)
         moves_bytes = op in DATA_OPS
         parts = res.parts() if moves_bytes else ()
         with self._lock:
+            if self.io_log is not None:
+                self.io_log.add(tier, op, res, cache_key)
             tot = self.total.setdefault(key, [0, 0])
             tot[0] += res.complete  # a cut I/O (errors.IOCut) adds its bytes, not a count
             tot[1] += res.nbytes if moves_bytes else 0

@@ -19,6 +19,7 @@ from . import __version__
 from .judging import render_table
 from .metrics import HEADLINE
 from .ops import DATA_OPS, op_order
+from .workload.replay import source_text
 
 SCHEMA_VERSION = 2
 
@@ -238,6 +239,9 @@ def scenario_text(result) -> str:
     arrivals = arrivals_text(s)
     if arrivals:
         lines.append(f"  {arrivals}")
+    replayed = source_text(result.trace, s.get("arrivals"))  # --kv-trace
+    if replayed:
+        lines.append(f"  {replayed}")
     table = qos_table(s)
     if table:
         lines.append(table)

@@ -16,6 +16,10 @@ queue:
   needs its conversation's earlier turns stored); think times are not used. An arrival that
   finds the queue full (``queue_depth`` waiting) is rejected, and one that finds every user busy
   is rejected as ``no_idle_user``: both are figures of the run, not errors.
+- **trace timestamps** (a trace whose requests carry ``arrival_s``, ``workload.replay``): each
+  user's one request arrives at ``arrival_s / trace_speedup`` (``load.trace_arrivals``) into the
+  same bounded queue; a rejected request is never sent again. When every request has arrived and
+  been served or rejected, the trace has run out and the run ends (the window closes then).
 
 The closed-loop user pool can change during the run (``set_active_users``, used by
 ``scaling.UserScaler`` for ``--kv-autoscale``): the trace holds the most users the pool may
@@ -52,6 +56,7 @@ from .load import (
     AdmissionQueue,
     QoSClass,
     poisson_arrivals,
+    trace_arrivals,
     workers_for,
 )
 from .recorder import NO_IDLE_USER, Recorder
@@ -80,6 +85,7 @@ class RunConfig:
     qos_aging_s: float = DEFAULT_AGING_S
     seed: int = 0  # root seed: the open-loop arrival schedule's stream derives from it
     start_users: int = 0  # closed loop: users sending at the start (the rest wait for set_active_users); 0 = all
+    trace_speedup: float = 1.0  # timestamped traces: arrivals at arrival_s / trace_speedup
 
 
 @dataclass
@@ -130,7 +136,8 @@ class Runner:
         users = len(trace.per_user)
         self.workers = workers_for(users, config.max_inflight)
         self.info.workers = self.workers
-        self.open_loop = config.request_rate > 0
+        self.timed = next((reqs[0].arrival_s for reqs in trace.per_user if reqs), None) is not None  # trace timestamps
+        self.open_loop = config.request_rate > 0 or self.timed
         priorities = {name: c.priority for name, c in config.qos.items()}
         self.queue = AdmissionQueue(config.queue_depth if self.open_loop else max(1, users), time.perf_counter,
                                     aging_s=config.qos_aging_s, max_in_service=self.workers,
@@ -191,6 +198,27 @@ class Runner:
             if not self._offer(user, due):
                 with self._lock:
                     self._idle.appendleft(user)  # still idle longest: the next arrival takes it
+
+    def _timed_arrivals(self, t0: int) -> None:
+        """Each user's one request at its trace timestamp (scaled by the speed-up)."""
+        cfg = self.config
+        users = self._users  # each with one request (workload.replay.check_timed)
+        schedule = trace_arrivals([u.requests[0].arrival_s for u in users], cfg.trace_speedup,
+                                  cfg.warmup_s + cfg.duration_s)
+        self.info.arrivals = len(schedule)
+        for t, i in schedule:
+            due = t0 + int(t * 1e9)
+            delay = (due - time.perf_counter_ns()) / 1e9
+            if (delay > 0 and self._stop.wait(delay)) or self._stop.is_set():
+                return
+            user = users[i]
+            if not self._offer(user, due):  # rejected: this user's only request is gone
+                with self._lock:
+                    user.wanted = False
+                    self._active_users -= 1
+                    last = self._active_users == 0
+                if last:
+                    self._end_now()
 
     # -- serving ------------------------------------------------------------------------
     def _worker(self) -> None:
@@ -320,7 +348,8 @@ class Runner:
                    for i in range(self.workers)]
         if self.open_loop:
             self._idle.extend(self._users)
-            threads.append(threading.Thread(target=self._open_loop, args=(t0,), name="kv-arrivals", daemon=True))
+            target = self._timed_arrivals if self.timed else self._open_loop
+            threads.append(threading.Thread(target=target, args=(t0,), name="kv-arrivals", daemon=True))
         else:
             for user in self._users:
                 user.in_system = user.wanted

@@ -10,6 +10,7 @@ from .backends import BackendRegistry
 from .criteria import Criterion, builtin_criteria, merge, profile_criteria
 from .errors import ConfigError
 from .export import to_csv
+from .iotrace import check_io_trace_path
 from .judging import unjudged
 from .models import ModelSpec, resolve_model
 from .report import build_report, write_json
@@ -25,6 +26,7 @@ from .workload import (
     generate_prompts,
     generate_rag_trace,
 )
+from .workload.replay import TraceFiles
 
 
 def workload_params(settings: Settings) -> PromptParams | RagParams | MixedParams:
@@ -108,6 +110,14 @@ class KVSession:
         self.interrupted = False
         self.open_tiers: list = []  # provisioned and not yet closed: closed at session end
         self._traces: dict[str, Trace] = {}
+        self.trace_files = TraceFiles()  # --kv-trace read, --kv-trace-save written (workload/replay.py)
+        for option, path in (("--kv-trace-save", settings.trace_save), ("--kv-io-trace", settings.io_trace)):
+            if path:
+                check_output_path(Path(path), option)
+        if settings.io_trace:
+            check_io_trace_path(settings.io_trace)
+        if settings.trace:  # a malformed file is a usage error before any scenario runs
+            self.trace_files.load(settings)
         self.suite_properties_recorded = False
 
     def suite_properties(self) -> dict:
@@ -132,14 +142,20 @@ class KVSession:
         ``--kv-workload chat`` runs the prompt generator (personas' conversations with the
         optional system prompt, prefix pool and length distributions), ``rag`` the RAG
         workload, ``mixed`` both (``workload.mixed``: RAG and chat users by
-        ``--kv-rag-user-share``). Raises ConfigError naming the fix."""
-        params = workload_params(settings)
-        key = type(params).__name__ + json.dumps(params.to_dict(), sort_keys=True)
-        if key not in self._traces:
-            self._traces[key] = (generate_rag_trace(params)[1] if isinstance(params, RagParams)
-                                 else generate_mixed(params) if isinstance(params, MixedParams)
-                                 else generate_prompts(params))
-        return self._traces[key]
+        ``--kv-rag-user-share``); ``--kv-trace`` replays a file instead (``workload.replay``).
+        ``--kv-trace-save`` writes the trace. Raises ConfigError naming the fix."""
+        if settings.trace:
+            trace = self.trace_files.load(settings)
+        else:
+            params = workload_params(settings)
+            key = type(params).__name__ + json.dumps(params.to_dict(), sort_keys=True)
+            if key not in self._traces:
+                self._traces[key] = (generate_rag_trace(params)[1] if isinstance(params, RagParams)
+                                     else generate_mixed(params) if isinstance(params, MixedParams)
+                                     else generate_prompts(params))
+            trace = self._traces[key]
+        self.trace_files.save(trace, settings)
+        return trace
 
     def unjudged(self) -> list[tuple[Criterion, list[str]]]:
         """The user's criteria that no scenario of this session could judge, with the reasons;

@@ -65,6 +65,9 @@ class _SettingsMethods:
             raise ConfigError(f"--kv-rag-user-share {self.rag_user_share} is above 1; give the share of RAG users from 0 "
                               "to 1 (0.25 = every fourth user).")
         check_autoscale({o.name: getattr(self, o.name) for o in OPTIONS})
+        from .workload.replay import check_trace_options  # --kv-trace* (issue 12)
+
+        check_trace_options({o.name: getattr(self, o.name) for o in OPTIONS})
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}

@@ -184,6 +184,16 @@ NATURAL_YAML = {
     "phase": ("decode", "decode"),
     "preset": ("mlperf-closed", "mlperf-closed"),
     "smoke": ("yes", True),
+    "trace": ("trace.jsonl", "trace.jsonl"),
+    "trace_format": ("mooncake", "mooncake"),
+    "trace_block_tokens": ("256", 256),
+    "trace_speedup": ("2.5", 2.5),
+    "trace_model": ("GPT-4", "GPT-4"),
+    "trace_log_type": ("API log", "API log"),
+    "trace_qos": ("batch", "batch"),
+    "trace_max_requests": ("100", 100),
+    "trace_save": ("saved.jsonl", "saved.jsonl"),
+    "io_trace": ("io.csv.gz", "io.csv.gz"),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {
@@ -273,8 +283,9 @@ def test_every_option_accepts_its_natural_ini_value(pytester):
     from pytest_kvcache.fixtures import SESSION_KEY
 
     # the cache dir must exist (below); autoscaling conflicts with request_rate's open loop (its own
-    # test); a preset refuses the other options (test_a_preset_refuses_...)
-    names = [o.name for o in YAML_OPTIONS if o.name not in ("cache_dir", "autoscale", "preset")]
+    # test); a preset refuses the other options (test_a_preset_refuses_...); a trace file is read at
+    # start-up and must fit the other options (tests/test_replay.py)
+    names = [o.name for o in YAML_OPTIONS if o.name not in ("cache_dir", "autoscale", "preset", "trace")]
     lines = [f"{OPTION_BY_NAME[n].ini} = {NATURAL_INI[n]}" for n in names]
     pytester.makeini("[pytest]\n" + "\n".join(lines) + f"\nkv_cache_dir = {pytester.path}\n")
     settings = pytester.parseconfigure("-p", "no:cacheprovider").stash[SESSION_KEY].settings

@@ -5,7 +5,7 @@ nothing here sleeps or reads a clock.
 """
 
 from .admission import DEFAULT_MAX_IN_SERVICE, AdmissionQueue, Admitted, workers_for
-from .arrivals import poisson_arrivals
+from .arrivals import poisson_arrivals, trace_arrivals
 from .qos import DEFAULT_QOS, QoSClass, class_mix, load_qos, sla_compliance
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "load_qos",
     "poisson_arrivals",
     "sla_compliance",
+    "trace_arrivals",
 ]

@@ -1,4 +1,5 @@
-"""Open-loop arrivals: a seeded Poisson schedule (design.md 3a, issue 10 part 4).
+"""Open-loop arrivals: a seeded Poisson schedule (design.md 3a, issue 10 part 4), or a
+timestamped trace's own times (``trace_arrivals``, issue 12).
 
 Requests arrive at rate λ (``rate_per_s``, requests per second) whatever the system does, so a
 slow drive shows up as queue wait and rejected requests rather than as a lower offered load.
@@ -56,3 +57,19 @@ def poisson_arrivals(seed: int, rate_per_s: float, count: int | None = None,
             if count is not None and len(times) >= count:
                 return times
             times.append(round(t, 6))
+
+
+def trace_arrivals(arrival_s: list[float | None], speedup: float, horizon_s: float) -> list[tuple[float, int]]:
+    """A timestamped trace's schedule: ``(seconds from the run's start, user index)`` of every
+    user whose request arrives before ``horizon_s``, in time order (ties by user index).
+
+    ``arrival_s[u]`` is user u's one request's arrival (``Request.arrival_s``, seconds from the
+    trace's first request); times are divided by ``speedup`` (> 0). Raises ConfigError for a
+    speed-up that is not a positive finite number or a missing arrival time.
+    """
+    if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not math.isfinite(speedup) or speedup <= 0:
+        raise ConfigError(f"--kv-trace-speedup must be a positive number, not {speedup!r}; for example 1 (real time)")
+    if any(t is None for t in arrival_s):
+        raise ConfigError("every request of a timestamped trace needs its arrival_s")
+    schedule = sorted((t / speedup, u) for u, t in enumerate(arrival_s))
+    return [(t, u) for t, u in schedule if t < horizon_s]

@@ -67,6 +67,7 @@ class Request:
     prefix_id: str | None = None
     rag_chunk_ids: tuple[str, ...] = ()
     segments: tuple[Segment, ...] = ()
+    arrival_s: float | None = None  # a timestamped trace's arrival, seconds from its first request (replay.py)
 
     def prompt_segments(self) -> tuple[Segment, ...]:
         """What this turn adds to its conversation's prompt before the lookup (``blocks.Segment``):
@@ -98,6 +99,8 @@ class Request:
             out["rag_chunk_ids"] = list(self.rag_chunk_ids)
         if self.segments:
             out["segments"] = [segment_to_dict(seg) for seg in self.segments]
+        if self.arrival_s is not None:
+            out["arrival_s"] = self.arrival_s
         return out
 
     @classmethod
@@ -132,19 +135,24 @@ class Request:
         segments = raw.get("segments", [])
         if not isinstance(segments, list):
             raise ConfigError(f"segments must be a list of segment objects, not {segments!r}")
+        arrival = raw.get("arrival_s")
+        if arrival is not None and (not isinstance(arrival, (int, float)) or isinstance(arrival, bool)
+                                    or not math.isfinite(arrival) or arrival < 0):
+            raise ConfigError(f"arrival_s must be null or a finite number of seconds >= 0, not {arrival!r}")
         extra = {k: raw[k] for k in _EXTRA_FIELDS if k in raw}  # a subclass's fields (corpus_start)
         target = cls
         if extra and cls is Request:  # written by the prompt generator
             from .prompts import PromptRequest as target
         return target(**{k: raw[k] for k in _REQUIRED if k != "think_time_s"},
                    think_time_s=round(float(think), 6), prefix_id=prefix_id, rag_chunk_ids=tuple(rag),
-                   segments=tuple(segment_from_dict(x) for x in segments), **extra)
+                   segments=tuple(segment_from_dict(x) for x in segments),
+                   arrival_s=None if arrival is None else round(float(arrival), 6), **extra)
 
 
 _REQUIRED = ("user_id", "seq", "conversation_id", "turn", "persona", "qos",
              "context_tokens", "generate_tokens", "think_time_s")
 _EXTRA_FIELDS = ("corpus_start",)
-_ALL_FIELDS = (*_REQUIRED, "prefix_id", "rag_chunk_ids", "segments", *_EXTRA_FIELDS)
+_ALL_FIELDS = (*_REQUIRED, "prefix_id", "rag_chunk_ids", "segments", "arrival_s", *_EXTRA_FIELDS)
 _SEGMENT_FIELDS = ("kind", "source", "tokens", "start", "token_ids", "standalone")
 
 
