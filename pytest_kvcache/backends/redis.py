@@ -94,7 +94,7 @@ class RedisBackend(NetworkBackend):
 
     def _failure(self, what: str, key: str, exc: Exception) -> BackendError:
         where = redact_url(self.url)
-        if isinstance(exc, self._redis.ResponseError) and str(exc).startswith("OOM"):
+        if isinstance(exc, self._redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
             return BackendFull(f"redis tier: the server at {where} is out of memory (its maxmemory) on the {what} "
                                f"of {key!r}: {exc}; raise the server's maxmemory or lower --kv-redis-mem-gb.")
         if isinstance(exc, (self._redis.ConnectionError, self._redis.TimeoutError)):
