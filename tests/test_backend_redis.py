@@ -197,6 +197,16 @@ def test_settings_point_the_tier_at_the_server_and_check_the_options(tmp_path):
         settings_for(tmp_path, redis_url="http://localhost:6379")
 
 
+def test_host_memory_counts_two_whole_chunks_per_worker_for_a_network_tier(tmp_path):
+    from pytest_kvcache.memory import host_bytes_needed
+
+    s = settings_for(tmp_path, model="llama3.1-8b", users=3, chunk_tokens=256)
+    chunk = 256 * resolve_model("llama3.1-8b").bytes_per_token
+    parts = host_bytes_needed(("cpu", "redis"), s)
+    assert parts["network tier chunks (3 workers x 2 x --kv-chunk-tokens 256)"] == 3 * 2 * chunk
+    assert not any(p.startswith("network tier") for p in host_bytes_needed(("cpu", "nvme"), s))
+
+
 def test_the_local_server_reason_names_the_missing_piece(monkeypatch):
     import shutil
 
