@@ -58,7 +58,11 @@ class RedisBackend(NetworkBackend):
             raise ConfigError(f"--kv-redis-url {redact_url(self.url)!r}: {exc}; write redis://host:6379/0.") from None
         self._sizes: dict[str, int] = {}  # chunk key -> bytes stored, for deletes and the invariants
         self._lock = threading.Lock()
-        self._server = self._server_info()
+        try:
+            self._server = self._server_info()
+        except BaseException:
+            self.client.close()
+            raise
 
     @property
     def location(self) -> str:
