@@ -145,6 +145,27 @@ def test_a_server_out_of_memory_is_full_and_a_budget_above_its_maxmemory_is_refu
         server.stop()
 
 
+def test_a_server_that_stops_answering_fails_the_call_after_the_timeout(tmp_path):
+    import os
+    import signal
+
+    if redis_unavailable_reason(local=True):
+        pytest.skip(redis_unavailable_reason(local=True))
+    server = LocalRedis()
+    b = backend(server.url, tmp_path / "kvcache-run-h", timeout_s=1)
+    try:
+        b.write("k", 4096)
+        os.kill(server.proc.pid, signal.SIGSTOP)  # alive, connected, silent
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match="no reply within --kv-remote-timeout 1 s"):
+            b.read("k", 4096)
+        assert time.monotonic() - t0 < 15  # the 1 s socket timeout, not a hang (generous for a loaded VM)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        b.close()
+        server.stop()
+
+
 def test_an_unreachable_server_is_an_error_naming_the_option(tmp_path):
     from pytest_kvcache.servers import free_port
 
