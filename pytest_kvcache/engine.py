@@ -45,6 +45,7 @@ MiB = 1 << 20
 IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_block_mb", "max_inflight",
                        "request_rate", "queue_depth", "max_concurrent_allocs", "qos_aging", "qos",
                        "gpu_mem_gb", "cpu_mem_gb", "nvme_capacity_gb", "file_io_mode", "file_recycle",
+                       "redis_mem_gb", "object_capacity_gb", "object_part_mb",
                        "duration", "warmup", "verify",
                        "autoscale", "autoscale_interval", "autoscale_max_users", "autoscale_target", "sla_metric",
                        "sla_target_ms", "trace_speedup")
@@ -177,8 +178,8 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         lookup = find_block_devices(prov.run_dir)
         device = DeviceWindow(lookup.devices, reason=lookup.reason, found_by=lookup.found_by)
     elif storage_backend is not None:  # its bytes go elsewhere (a mock, a remote store): the run dir's device is no measure
-        device = DeviceWindow(None, reason=f"the {storage} tier's backend ({storage_backend.name}) keeps "
-                                           "no files in the run directory")
+        device = DeviceWindow(None, reason=getattr(storage_backend, "no_device_reason", None) or (
+            f"the {storage} tier's backend ({storage_backend.name}) keeps no files in the run directory"))
 
     scaler = UserScaler(settings, storage) if settings.autoscale != "off" else None
 
@@ -346,7 +347,7 @@ class _Run:
         device_counters, ratios = self._device_counters()
         flat.update(ratios)
         backends = [b.describe() for b in prov.backends]
-        if self.storage_tier is not None:  # storage tiers whose files are in RAM: never a drive
+        if self.storage_tier is not None and not self._network_storage():  # storage tiers whose files are in RAM: never a drive
             flat["storage.memory_tiers"] = sum(b.get("medium") == "memory" for b in backends)
         occupancy = cache.occupancy()
         for tier, occ in occupancy.items():
@@ -403,9 +404,20 @@ class _Run:
                           "with --kv-threshold 'cache.entries_dropped<=N'")
         return out
 
+    def _network_storage(self) -> str | None:
+        """Where the storage tier is when it is a network store (redis, S3), else None."""
+        if self.storage_tier is None:
+            return None
+        backend = self.prov.backends[self.prov.tier_names.index(self.storage_tier)]
+        return getattr(backend, "location", None) if getattr(backend, "medium", None) == "network" else None
+
     def _absent(self, device_counters: dict) -> dict:
         """Features this scenario does not have -> why their metrics are n/a (judging.evaluate)."""
         absent = {}
+        network = self._network_storage()
+        if network:
+            absent["storage.memory_tiers"] = (f"the {self.storage_tier} tier is {network}: a network store, not a "
+                                              "file system that could be memory posing as a drive")
         kinds = self.trace.lookup_kinds()
         for kind, why in (("prefix", "this workload has no shared prefix (no system prompt, prefix pool or user context)"),
                           ("rag", "this workload has no RAG documents"),

@@ -19,6 +19,7 @@ from .criteria import Criterion, merge
 from .engine import ScenarioInterrupted, provision, run_trials
 from .errors import BackendError, ConfigError
 from .models import resolve_model
+from .remote_fixtures import remote_settings
 from .result import ScenarioResult
 from .session import KVSession
 from .settings import validate_changes
@@ -111,8 +112,9 @@ def kv_tiers(request, kv_session):
         reason = gpu_unavailable_reason()
         if reason:
             pytest.skip(f"{name}: {reason}")
+    settings = remote_settings(request, config, scenario_settings(request.config, name, request.node))
     try:
-        prov = provision(config, scenario_settings(request.config, name, request.node), kv_session.registry)
+        prov = provision(config, settings, kv_session.registry)
     except (ConfigError, BackendError) as exc:
         pytest.fail(str(exc), pytrace=False)
     kv_session.open_tiers.append(prov)
@@ -185,7 +187,7 @@ def kv_run(request, kv_session):
     config = request.config
 
     def run(prov, benchmark=None, check: bool = True) -> ScenarioResult:
-        settings = scenario_settings(config, prov.config.name, request.node)
+        settings = remote_settings(request, prov.config, scenario_settings(config, prov.config.name, request.node))
         extra = []
         for marker in request.node.iter_markers("kv_criteria"):
             try:

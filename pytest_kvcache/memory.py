@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .payload import BLOCK, NOISE_BYTES, PAGE
+from .remote import REMOTE_TIERS
 from .settings import GB, Settings
 
 MEMINFO = "/proc/meminfo"
@@ -143,7 +144,10 @@ def host_bytes_needed(tiers: tuple[str, ...] | list[str], settings: Settings) ->
     The CPU tier's arena (its whole budget, pre-faulted), one staging buffer of
     ``--kv-io-block-mb`` per worker thread (``load.workers_for``: requests in service at once;
     and one more each for ``--kv-verify``'s scratch and the GPU tier's pinned staging), and the
-    payload noise buffer. GPU memory is not host memory.
+    payload noise buffer. With a network tier (redis, object) each worker also holds two whole
+    chunks (``--kv-chunk-tokens`` of KV): the reused payload buffer, and the value a GET returns
+    or the request body boto3 takes (made as the run goes, counted here all the same). GPU
+    memory is not host memory.
     """
     from .load import workers_for
 
@@ -156,6 +160,12 @@ def host_bytes_needed(tiers: tuple[str, ...] | list[str], settings: Settings) ->
     parts[f"staging buffers ({workers} workers x {per_user} x --kv-io-block-mb {settings.io_block_mb:g})"] = \
         workers * per_user * block
     parts["payload noise"] = NOISE_BYTES
+    if settings.chunk_tokens > 0 and any(t in REMOTE_TIERS for t in tiers):
+        from .models import resolve_model
+
+        chunk = settings.chunk_tokens * resolve_model(settings.model, settings.models).bytes_per_token
+        parts[f"network tier chunks ({workers} workers x 2 x --kv-chunk-tokens {settings.chunk_tokens})"] = \
+            workers * 2 * chunk
     return parts
 
 
@@ -177,7 +187,8 @@ def check_host_memory(name: str, tiers: tuple[str, ...] | list[str], settings: S
     if cpu and room_for_cpu >= 0.01 * GB:
         fix = f"lower --kv-cpu-mem-gb to {int(room_for_cpu / GB * 100) / 100:g} or less, or free memory"
     else:
-        fix = "lower --kv-max-inflight (or --kv-users) or --kv-io-block-mb" + (" and --kv-cpu-mem-gb" if cpu else "") + ", or free memory"
+        network = " (or --kv-chunk-tokens for the network tier)" if any(p.startswith("network tier") for p in parts) else ""
+        fix = "lower --kv-max-inflight (or --kv-users) or --kv-io-block-mb" + network + (" and --kv-cpu-mem-gb" if cpu else "") + ", or free memory"
     raise ConfigError(
         f"scenario {name} needs {need / GB:.2f} GB of host memory ({detail}), but this process can have only "
         f"{limit.bytes / GB:.2f} GB ({limit.source}), of which {RESERVE_BYTES / GB:.2f} GB is kept for the "

@@ -128,6 +128,18 @@ TRACE_OPTIONS: tuple[Option, ...] = (
     Option("trace_save", "path", None, "write the trace each scenario ran as our versioned JSONL; --kv-trace replays it exactly (same trace hash) on another drive"),
     Option("io_trace", "path", None, "write every I/O of each scenario as CSV (MLPerf reference columns Timestamp, Operation, Object_Size_Bytes, Tier, Key, Phase, plus Window); the scenario name goes before the suffix; .gz (or .zst with the zstandard package) compresses; buffered in memory during the run, written after it"),
 )
+# the network tiers: a Redis server and an S3-compatible object store (remote.py)
+REMOTE_OPTIONS: tuple[Option, ...] = (
+    Option("redis_url", "str", "", "Redis server of the redis tier, redis://[:password@]host:port/db (empty: the scenarios start a local redis-server on a loopback port, or skip without one; the report shows the URL without its password)"),
+    Option("redis_mem_gb", "nonneg", 1.0, "redis tier budget in GB (the values this run keeps on the server)"),
+    Option("s3_endpoint", "str", "", "S3 endpoint URL of the object tier, e.g. http://minio:9000 (empty with --kv-s3-bucket: AWS itself or AWS_ENDPOINT_URL; empty without: the scenarios start a local moto server, or skip without one)"),
+    Option("s3_bucket", "str", "", "existing bucket the object tier writes into, under a kvcache-run-* prefix that it removes at the end (needed with --kv-s3-endpoint)"),
+    Option("s3_region", "str", "", "region of the S3 client (empty: the AWS configuration's, else us-east-1)"),
+    Option("s3_profile", "str", "", "AWS profile whose credentials the object tier uses (empty: the usual chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role); credentials are never options, so never in the report"),
+    Option("object_capacity_gb", "nonneg", 1.0, "object tier budget in GB (the objects this run keeps in the bucket)"),
+    Option("object_part_mb", "posfloat", 8.0, "object tier: a chunk larger than this many MiB is uploaded as a multipart upload in parts of this size (S3's minimum part is 5 MiB)"),
+    Option("remote_timeout", "posfloat", 10.0, "seconds a redis or S3 call may wait on the network (connect, or a reply) before it fails the run; no call is retried"),
+)
 OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
-                               + TRACE_OPTIONS)
+                               + TRACE_OPTIONS + REMOTE_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

@@ -32,6 +32,7 @@ from .fsinfo import describe_drive
 from .memory import check_host_memory
 from .options import OPTIONS
 from .plots import plots_available, render_plots
+from .remote_fixtures import kv_redis_server, kv_s3_server  # noqa: F401  (fixtures, found by name)
 from .report import build_report, scenario_text
 from .result import ScenarioResult
 from .session import KVSession, check_output_path, check_report_path

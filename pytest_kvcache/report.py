@@ -219,6 +219,8 @@ def scenario_text(result) -> str:
     if fix:
         lines.append(f"  ! {fix}")
     for b in result.backends:
+        if b.get("medium") == "network":
+            lines.append(f"  {b['tier']}: {b.get('location')} (network, not a block device)")
         if "io_mode" in b:
             where = "memory, not a drive" if b.get("medium") == "memory" else b.get("block_device") or "no block device"
             lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {where}), "
@@ -231,7 +233,7 @@ def scenario_text(result) -> str:
         lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
                      f"({_ratio(dev, 'read', ' of ours')}), write {dev['write_bytes'] / 1e9:.3f} GB "
                      f"({_ratio(dev, 'write')}), busy {format_figure(dev.get('utilization'), '%')}")
-    elif result.backends and any("io_mode" in b for b in result.backends):
+    elif result.backends and any("io_mode" in b or b.get("medium") == "network" for b in result.backends):
         lines.append(f"  device counters: {dev.get('reason', 'unavailable')}")
     table = tier_table(s)
     if table:

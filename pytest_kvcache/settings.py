@@ -17,6 +17,7 @@ from typing import Any
 from .errors import ConfigError
 from .fsinfo import MOUNTS, memory_medium
 from .options import OPTION_BY_NAME, OPTIONS, Option
+from .remote import check_remote, redact_url
 from .yamlfile import read_yaml
 
 GB = 10**9
@@ -68,11 +69,13 @@ class _SettingsMethods:
         from .workload.replay import check_trace_options  # --kv-trace* (issue 12)
 
         check_trace_options({o.name: getattr(self, o.name) for o in OPTIONS})
+        check_remote(self)
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
         out["threshold"] = list(self.threshold)
         out["cache_dir"] = str(self.cache_root)
+        out["redis_url"] = redact_url(self.redis_url)  # a password in the URL never goes into a report
         out["qos"] = {name: {"p95_ms": round(c.p95_s * 1e3, 6), "p99_ms": None if c.p99_s is None else round(c.p99_s * 1e3, 6),
                              "share": c.share} for name, c in self.qos_classes.items()}
         return out

@@ -13,7 +13,7 @@ Without ``--kv-trace`` the scenario is skipped.
 
 import pytest
 
-from pytest_kvcache.tiers import TIER_CONFIGS
+from pytest_kvcache.tiers import LOCAL_CONFIGS
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _needs_a_trace(kv_session):
                     "--kv-trace-save file)")
 
 
-@pytest.mark.parametrize("kv_tiers", list(TIER_CONFIGS), indirect=True)
+@pytest.mark.parametrize("kv_tiers", list(LOCAL_CONFIGS), indirect=True)
 def test_trace(kv_tiers, kv_run):
     """What does the replayed production trace cost on this tier configuration: its latencies, hits, queue wait and rejected requests?"""
     result = kv_run(kv_tiers)

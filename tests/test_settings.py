@@ -194,6 +194,16 @@ NATURAL_YAML = {
     "trace_max_requests": ("100", 100),
     "trace_save": ("saved.jsonl", "saved.jsonl"),
     "io_trace": ("io.csv.gz", "io.csv.gz"),
+    # the network tiers (options.REMOTE_OPTIONS)
+    "redis_url": ("redis://cache-host:6380/1", "redis://cache-host:6380/1"),
+    "redis_mem_gb": ("4", 4.0),
+    "s3_endpoint": ("http://minio:9000", "http://minio:9000"),
+    "s3_bucket": ("kv-bench", "kv-bench"),
+    "s3_region": ("eu-west-1", "eu-west-1"),
+    "s3_profile": ("lab", "lab"),
+    "object_capacity_gb": ("16", 16.0),
+    "object_part_mb": ("16", 16.0),
+    "remote_timeout": ("2.5", 2.5),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {

@@ -37,9 +37,11 @@ def default_registry() -> BackendRegistry:
     from .gpu import GPUBackend
     from .mock import MockBackend
     from .npy import NpyBackend
+    from .object import ObjectBackend
+    from .redis import RedisBackend
 
     reg = BackendRegistry()
-    for cls in (CPUBackend, FileBackend, GPUBackend, MockBackend, NpyBackend):
+    for cls in (CPUBackend, FileBackend, GPUBackend, MockBackend, NpyBackend, ObjectBackend, RedisBackend):
         reg.register(cls.name, cls)
     return reg
 
