@@ -465,4 +465,5 @@ class _Run:
             "replayed": ("the whole trace" if info.trace_exhausted else
                          "a prefix of each user's list: closed-loop users stop when the window closes"),
             "exhausted": info.trace_exhausted,
+            **({"source": trace.source} if getattr(trace, "source", None) else {}),  # a file's trace: what was read
         }

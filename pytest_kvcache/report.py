@@ -201,6 +201,8 @@ def scenario_text(result) -> str:
     s = result.summary
     lines = [f"{result.id} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
              f"  {result.question}"]
+    if result.trace.get("source", {}).get("text"):
+        lines.append(f"  source: {result.trace['source']['text']}")
     no_storage = () if s.get("storage_tier") else (
         "storage_tokens_per_sec", "storage_read_gbps", "storage_write_gbps", "storage_read_tokens_per_generated_token")
     lines += ["  " + text for text in headline_text(s.get("headline", {}), ("status", *no_storage))]

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import ConfigError
 from .fsinfo import MOUNTS, memory_medium
 from .options import OPTION_BY_NAME, OPTIONS, Option
+from .workload.sharegpt import check_sharegpt_settings
 from .yamlfile import read_yaml
 
 GB = 10**9
@@ -65,6 +66,7 @@ class _SettingsMethods:
             raise ConfigError(f"--kv-rag-user-share {self.rag_user_share} is above 1; give the share of RAG users from 0 "
                               "to 1 (0.25 = every fourth user).")
         check_autoscale({o.name: getattr(self, o.name) for o in OPTIONS})
+        check_sharegpt_settings(self)
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
