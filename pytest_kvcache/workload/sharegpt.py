@@ -132,7 +132,7 @@ def preload(settings) -> None:
 
 def conversations_for(params: ShareGPTParams) -> Conversations:
     """The file's tokenized conversations (kept in this process per file hash and tokenizer)."""
-    key = (params.file, params.file_sha256, params.tokenizer)
+    key = (params.file, params.file_sha256, params.tokenizer, params.cache)
     if key not in _LOADED:
         convs = load_conversations(params.file, params.tokenizer, params.cache)
         if convs.file_sha256 != params.file_sha256:
