@@ -277,3 +277,13 @@ def test_settings_need_a_file_for_the_sharegpt_workload(tmp_path):
                         "sharegpt_cache": "off", "users": "3"}, {}, env={})
     p = sharegpt_params(s)
     assert (p.max_output_tokens, p.users, p.file_sha256) == (9, 3, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize("spec", ["estimate", "cl100k"])
+def test_a_lone_surrogate_in_the_json_is_tokenized_not_a_crash(tmp_path, spec):
+    if spec != "estimate":
+        pytest.importorskip("quicktok")
+    path = write(tmp_path, '[{"conversations": [{"from": "human", "value": "bad \\ud800 text"}, '
+                           '{"from": "gpt", "value": "fine"}]}]')
+    convs = load_conversations(path, spec, "off")
+    assert convs.tokens(0) > 0 and convs.tokens(1) > 0

@@ -59,18 +59,32 @@ class EstimateTokenizer(Tokenizer):
         counts = np.fromiter(((len(t) + 3) // 4 for t in texts), dtype=np.int64, count=len(texts))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
+        ids = np.empty(int(offsets[-1]), dtype=np.uint32)
+        first = 0
+        while first < len(texts):  # batches of about 4 M characters: memory stays small
+            end = int(np.searchsorted(offsets, offsets[first] + (1 << 20), side="right"))
+            end = max(end - 1, first + 1)
+            ids[offsets[first]:offsets[end]] = self._ids(texts[first:end])
+            first = end
+        return ids, offsets
+
+    @staticmethod
+    def _ids(texts: Sequence[str]) -> np.ndarray:
         # every text padded with NULs to a multiple of 4 characters, so its tokens start at its start
         padded = "".join(t + "\0" * (-len(t) % 4) for t in texts)
-        points = np.frombuffer(padded.encode("utf-32-le"), dtype="<u4").astype(np.uint64).reshape(-1, 4)
-        mixed = np.zeros(len(points), dtype=np.uint64)
-        for col, mult in enumerate((0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63)):
-            mixed ^= points[:, col] * np.uint64(mult)  # wraps modulo 2**64, as intended
-        mixed ^= mixed >> np.uint64(29)
-        return (mixed & np.uint64(0xFFFFFFFF)).astype(np.uint32), offsets
+        points = np.frombuffer(padded.encode("utf-32-le", "surrogatepass"), dtype="<u4").reshape(-1, 4)
+        mixed = np.zeros(len(points), dtype=np.uint32)
+        for col, mult in enumerate((0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F)):
+            mixed ^= points[:, col] * np.uint32(mult)  # wraps modulo 2**32, as intended
+            mixed = (mixed << np.uint32(13)) | (mixed >> np.uint32(19))  # position matters
+        mixed ^= mixed >> np.uint32(16)
+        mixed *= np.uint32(0x7FEB352D)
+        return mixed ^ (mixed >> np.uint32(15))
 
 
 class QuicktokTokenizer(Tokenizer):
-    """An encoding bundled with quicktok-v1 (no download)."""
+    """An encoding bundled with quicktok-v1 (no download). Its vocabulary is loaded at the first
+    ``encode_batch`` (about a second), so a run whose tokenization is cached never loads it."""
 
     def __init__(self, encoding: str):
         try:
@@ -78,18 +92,23 @@ class QuicktokTokenizer(Tokenizer):
         except ImportError:
             raise ConfigError(f"--kv-tokenizer {encoding} needs the quicktok-v1 package, which ships its vocabularies "
                               f"(no download): {_INSTALL}, or use --kv-tokenizer estimate.") from None
-        try:
-            self._enc = quicktok.get_encoding(encoding)
-        except Exception as exc:  # a broken install: the package's own error says what is missing
-            raise ConfigError(f"--kv-tokenizer {encoding}: quicktok could not load it ({exc}); reinstall with "
-                              f"{_INSTALL}.") from None
+        self._quicktok, self._encoding, self._enc = quicktok, encoding, None
         self.name = f"{encoding} (quicktok {quicktok.__version__})"
         self.key = f"quicktok-{quicktok.__version__}-{encoding}"
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self._enc is None:
+            try:
+                self._enc = self._quicktok.get_encoding(self._encoding)
+            except Exception as exc:  # a broken install: the package's own error says what is missing
+                raise ConfigError(f"--kv-tokenizer {self._encoding}: quicktok could not load it ({exc}); reinstall "
+                                  f"with {_INSTALL}.") from None
         if not texts:
             return np.zeros(0, np.uint32), np.zeros(1, np.int64)
-        ids, offsets = self._enc.encode_batch(list(texts), 0, False)  # specials as plain text
+        try:
+            ids, offsets = self._enc.encode_batch(list(texts), 0, False)  # specials as plain text
+        except TypeError:  # a lone surrogate (a JSON "\ud800" escape) is not text it can take
+            ids, offsets = self._enc.encode_batch(utf8_safe(texts), 0, False)
         return np.asarray(ids, dtype=np.uint32), np.asarray(offsets, dtype=np.int64)
 
 
@@ -121,11 +140,21 @@ class HFTokenizer(Tokenizer):
         parts = []
         step = 4096  # bounded memory: the Encoding objects of one step at a time
         for first in range(0, len(texts), step):
-            for i, enc in enumerate(self._tok.encode_batch(list(texts[first:first + step]), add_special_tokens=False)):
+            batch = list(texts[first:first + step])
+            try:
+                encoded = self._tok.encode_batch(batch, add_special_tokens=False)
+            except (TypeError, UnicodeError, ValueError):  # lone surrogates, as above
+                encoded = self._tok.encode_batch(utf8_safe(batch), add_special_tokens=False)
+            for i, enc in enumerate(encoded):
                 parts.append(np.asarray(enc.ids, dtype=np.uint32))
                 counts[first + i + 1] = len(enc.ids)
         ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
         return ids, np.cumsum(counts)
+
+
+def utf8_safe(texts: Sequence[str]) -> list[str]:
+    """The texts with lone surrogates (valid in JSON escapes, not in UTF-8) replaced by '?'."""
+    return [t.encode("utf-8", "replace").decode("utf-8") for t in texts]
 
 
 def resolve_tokenizer(spec: str) -> Tokenizer:
