@@ -21,7 +21,7 @@ def cache_dir(tmp_path_factory):
 
 
 def run(pytester, cache_dir, *args):
-    pytester.makepyfile(test_sharegpt=SCENARIO)
+    pytester.makepyfile(test_sg_scenario=SCENARIO)  # not test_sharegpt: tests/ has one
     return pytester.runpytest(f"--kv-cache-dir={cache_dir}", *FAST, "-k", "storage-only", "-rP", *args)
 
 
