@@ -14,7 +14,7 @@ GENERATION_MODES = ("none", "fast", "realistic")
 READ_MODELS = ("once", "reference")
 FILE_IO_MODES = ("auto", "direct", "buffered")
 PROFILES = ("latency", "throughput", "none")
-WORKLOADS = ("chat", "rag", "mixed")
+WORKLOADS = ("chat", "rag", "mixed", "sharegpt")
 AUTOSCALE_MODES = ("off", "qos", "capacity", "sla-search")
 PRESETS = ("none", "mlperf-closed")
 PHASES = ("mixed", "prefill", "decode")
@@ -63,7 +63,7 @@ TIER_OPTIONS: tuple[Option, ...] = (
 WORKLOAD_OPTIONS: tuple[Option, ...] = (
     Option("requests_per_user", "posint", 500, "length of each user's request list in the trace"),
     Option("think_time_scale", "nonneg", 1.0, "multiplier on the personas' think times (0 = none)"),
-    Option("workload", "choice", "chat", "chat: the personas' multi-turn conversations, shaped by the prompt options below; rag: documents stored before the window, queries that load their top-k documents then ask a question (scenarios/test_rag.py sets it for itself); mixed: both in one run, every user a RAG or a chat user by --kv-rag-user-share (the kitchen-sink scenario)", WORKLOADS),
+    Option("workload", "choice", "chat", "chat: the personas' multi-turn conversations, shaped by the prompt options below; rag: documents stored before the window, queries that load their top-k documents then ask a question (scenarios/test_rag.py sets it for itself); mixed: both in one run, every user a RAG or a chat user by --kv-rag-user-share (the kitchen-sink scenario); sharegpt: the conversations of --kv-sharegpt (scenarios/test_sharegpt.py sets it for itself)", WORKLOADS),
     Option("system_prompt_tokens", "count", 0, "tokens of one system prompt shared by every request (its KV blocks are stored once and hit by all; 0 = none)"),
     Option("prefix_pool", "count", 0, "number of shared prefix prompts (seed 000's pool); each conversation draws one (0 = no pool; needs --kv-prefix-tokens)"),
     Option("prefix_tokens", "count", 0, "tokens of each prefix of the pool (needs --kv-prefix-pool 1 or more)"),
@@ -140,6 +140,15 @@ REMOTE_OPTIONS: tuple[Option, ...] = (
     Option("object_part_mb", "posfloat", 8.0, "object tier: a chunk larger than this many MiB is uploaded as a multipart upload in parts of this size (S3's minimum part is 5 MiB)"),
     Option("remote_timeout", "posfloat", 10.0, "seconds a redis or S3 call may wait on the network (connect, or a reply) before it fails the run; no call is retried"),
 )
+# ShareGPT replay: real conversations from a file (workload/sharegpt.py)
+SHAREGPT_OPTIONS: tuple[Option, ...] = (
+    Option("sharegpt", "path", None, "ShareGPT-format JSON file to replay (a list of {id, conversations: [{from, value}]} or {id, messages: [{role, content}]}): each user turn is a request whose prompt is the conversation so far, each reply its output (scenarios/test_sharegpt.py, or --kv-workload sharegpt)"),
+    Option("tokenizer", "str", "estimate", "token counts and ids of --kv-sharegpt text: estimate (chars/4, ids derived from the text), an encoding shipped by quicktok-v1 (llama3, cl100k, o200k, o200k_harmony, qwen3), or a tokenizer.json file (HF tokenizers); both from the tokenizers extra, offline"),
+    Option("sharegpt_conversations", "count", 0, "--kv-sharegpt: replay at most this many conversations, the first of the seeded order (0 = all)"),
+    Option("sharegpt_max_input_tokens", "count", 0, "--kv-sharegpt: a conversation ends before the first turn whose prompt (system prompt, earlier turns and its own text) exceeds this many tokens (0 = no cap)"),
+    Option("sharegpt_max_output_tokens", "count", 0, "--kv-sharegpt: a reply longer than this many tokens is cut to it, as a serving request's max_tokens (0 = no cap)"),
+    Option("sharegpt_cache", "str", "auto", "--kv-sharegpt: where tokenized files are kept, keyed on the file's SHA-256 and the tokenizer: auto ($XDG_CACHE_HOME or ~/.cache, under pytest-kvcache/sharegpt), off, or a directory"),
+)
 OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
-                               + TRACE_OPTIONS + REMOTE_OPTIONS)
+                               + SHAREGPT_OPTIONS + TRACE_OPTIONS + REMOTE_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

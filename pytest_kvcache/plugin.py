@@ -38,6 +38,7 @@ from .result import ScenarioResult
 from .session import KVSession, check_output_path, check_report_path
 from .settings import GB, build_settings
 from .tiers import TIER_CONFIGS
+from .workload.sharegpt import preload as preload_sharegpt
 
 _OLD_SIGTERM = pytest.StashKey[object]()
 
@@ -110,6 +111,7 @@ def pytest_configure(config):
             check_report_path(report)
         if settings.plots and not _is_xdist_worker(config):
             check_output_path(Path(config.invocation_params.dir) / settings.plots, "--kv-plots", is_dir=True)
+        preload_sharegpt(settings)
         config.stash[SESSION_KEY] = KVSession(settings, registry, report)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None

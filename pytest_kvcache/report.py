@@ -241,7 +241,7 @@ def scenario_text(result) -> str:
     arrivals = arrivals_text(s)
     if arrivals:
         lines.append(f"  {arrivals}")
-    replayed = source_text(result.trace, s.get("arrivals"))  # --kv-trace
+    replayed = source_text(result.trace, s.get("arrivals"))  # --kv-trace, --kv-sharegpt
     if replayed:
         lines.append(f"  {replayed}")
     table = qos_table(s)

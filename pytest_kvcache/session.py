@@ -27,10 +27,13 @@ from .workload import (
     generate_rag_trace,
 )
 from .workload.replay import TraceFiles
+from .workload.sharegpt import ShareGPTParams, generate_sharegpt, sharegpt_params
 
 
-def workload_params(settings: Settings) -> PromptParams | RagParams | MixedParams:
+def workload_params(settings: Settings) -> PromptParams | RagParams | MixedParams | ShareGPTParams:
     """The generator parameters the workload options give (see ``trace_for``)."""
+    if settings.workload == "sharegpt":
+        return sharegpt_params(settings)
     if settings.workload == "mixed":
         return MixedParams(chat=_chat_params(settings), rag=_rag_params(settings),
                            rag_user_share=settings.rag_user_share)
@@ -142,7 +145,8 @@ class KVSession:
         ``--kv-workload chat`` runs the prompt generator (personas' conversations with the
         optional system prompt, prefix pool and length distributions), ``rag`` the RAG
         workload, ``mixed`` both (``workload.mixed``: RAG and chat users by
-        ``--kv-rag-user-share``); ``--kv-trace`` replays a file instead (``workload.replay``).
+        ``--kv-rag-user-share``), ``sharegpt`` the conversations of ``--kv-sharegpt``
+        (``workload.sharegpt``); ``--kv-trace`` replays a file instead (``workload.replay``).
         ``--kv-trace-save`` writes the trace. Raises ConfigError naming the fix."""
         if settings.trace:
             trace = self.trace_files.load(settings)
@@ -152,6 +156,7 @@ class KVSession:
             if key not in self._traces:
                 self._traces[key] = (generate_rag_trace(params)[1] if isinstance(params, RagParams)
                                      else generate_mixed(params) if isinstance(params, MixedParams)
+                                     else generate_sharegpt(params) if isinstance(params, ShareGPTParams)
                                      else generate_prompts(params))
             trace = self._traces[key]
         self.trace_files.save(trace, settings)

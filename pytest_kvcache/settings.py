@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .fsinfo import MOUNTS, memory_medium
 from .options import OPTION_BY_NAME, OPTIONS, Option
 from .remote import check_remote, redact_url
+from .workload.sharegpt import check_sharegpt_settings
 from .yamlfile import read_yaml
 
 GB = 10**9
@@ -70,6 +71,7 @@ class _SettingsMethods:
 
         check_trace_options({o.name: getattr(self, o.name) for o in OPTIONS})
         check_remote(self)
+        check_sharegpt_settings(self)
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}

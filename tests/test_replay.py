@@ -267,6 +267,12 @@ def test_the_outputs_may_not_overwrite_the_trace_being_replayed(tmp_path):
         build_settings({"trace": str(MOONCAKE), "io_trace": str(MOONCAKE)}, {}, env={})
 
 
+def test_a_trace_and_a_sharegpt_file_together_are_a_usage_error():
+    sample = Path(__file__).parent / "data" / "sharegpt_sample.json"
+    with pytest.raises(ConfigError, match="give one of them"):
+        build_settings({"trace": str(MOONCAKE), "sharegpt": str(sample)}, {}, env={})
+
+
 def test_a_save_that_cannot_be_written_is_a_config_error_and_leaves_nothing(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -1,5 +1,7 @@
 """Settings: one option table, precedence CLI > env > YAML > ini > defaults, and validation."""
 
+from pathlib import Path
+
 import pytest
 
 from pytest_kvcache.errors import ConfigError
@@ -128,6 +130,7 @@ def test_allow_memory_fs_from_every_source(tmp_path, source):
         build_settings({}, {}, {"KVCACHE_ALLOW_MEMORY_FS": "maybe"})
 
 
+SHAREGPT_SAMPLE = Path(__file__).resolve().parent / "data" / "sharegpt_sample.json"  # read when configured
 # What a user naturally writes for each option in a --kv-config YAML file, as YAML text, and the
 # setting it must give. Every option has an entry (a new option without one fails below).
 NATURAL_YAML = {
@@ -204,6 +207,12 @@ NATURAL_YAML = {
     "object_capacity_gb": ("16", 16.0),
     "object_part_mb": ("16", 16.0),
     "remote_timeout": ("2.5", 2.5),
+    "sharegpt": (str(SHAREGPT_SAMPLE), str(SHAREGPT_SAMPLE)),
+    "tokenizer": ("llama3", "llama3"),
+    "sharegpt_conversations": ("100", 100),
+    "sharegpt_max_input_tokens": ("4096", 4096),
+    "sharegpt_max_output_tokens": ("512", 512),
+    "sharegpt_cache": ("'off'", "off"),  # quoted: YAML reads a bare off as the boolean false
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {
@@ -285,7 +294,7 @@ def test_yaml_false_for_an_output_path_means_none(tmp_path):
 
 # What a user naturally writes for each option in an ini file (text; the ini type of flags is bool).
 NATURAL_INI = {**{name: text for name, (text, _) in NATURAL_YAML.items()},
-               "threshold": "\n    nvme.read.p95<=200ms\n    cache.hit_rate>=50%"}
+               "threshold": "\n    nvme.read.p95<=200ms\n    cache.hit_rate>=50%", "sharegpt_cache": "off"}
 
 
 def test_every_option_accepts_its_natural_ini_value(pytester):
@@ -337,7 +346,8 @@ def test_a_bad_ini_flag_names_its_key(pytester):
     ({"input_tokens_stddev": "10"}, "set --kv-input-tokens-mean too"),
     ({"output_tokens_mean": "-1"}, "--kv-output-tokens-mean .* must be 0 or more"),
     ({"rag_doc_tokens_min": "5000", "rag_doc_tokens_max": "100"}, "swap them"),
-    ({"workload": "sharegpt"}, "must be one of chat, rag"),
+    ({"workload": "podcast"}, "must be one of chat, rag"),
+    ({"workload": "sharegpt"}, "give it with --kv-sharegpt PATH"),
 ])
 def test_bad_workload_options_name_the_fix(cli, match):
     with pytest.raises(ConfigError, match=match):

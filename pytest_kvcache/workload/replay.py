@@ -286,6 +286,10 @@ def load_trace(opts: TraceOptions) -> ReplayTrace:
 def check_trace_options(values: dict) -> None:
     """Checks across the ``--kv-trace*`` options (option name -> value); ConfigError naming the fix."""
     source = values.get("trace")
+    if source and values.get("sharegpt"):
+        raise ConfigError(f"--kv-trace {source} and --kv-sharegpt {values['sharegpt']} each replace the generated "
+                          "workload; give one of them (a ShareGPT run saved with --kv-trace-save replays with "
+                          "--kv-trace alone).")
     for name in ("trace_save", "io_trace"):
         out = values.get(name)
         if source and out and Path(out).resolve() == Path(source).resolve():
@@ -347,14 +351,16 @@ class TraceFiles:
 
 
 def source_text(trace_identity: dict, arrivals: dict | None) -> str | None:
-    """One line for the terminal: the replayed file, its hash, requests run and rejected
-    (``arrivals``: the summary's open-loop arrivals)."""
+    """One line for the terminal: the replayed file (``--kv-trace``, or ``--kv-sharegpt`` whose
+    source gives its own ``text``), its hash, requests run and rejected (``arrivals``: the
+    summary's open-loop arrivals)."""
     src = trace_identity.get("source")
     if not src:
         return None
     rejected = (arrivals or {}).get("rejected")
-    text = (f"trace {src['path']} ({src['format']}, file sha256 {src['file_sha256'][:16]}...): {src['requests']} "
-            f"requests, {trace_identity.get('requests_started')} started, {trace_identity.get('requests_finished')} "
+    text = src.get("text") or (f"trace {src['path']} ({src['format']}, file sha256 {src['file_sha256'][:16]}...): "
+                               f"{src['requests']} requests")
+    text += (f", {trace_identity.get('requests_started')} started, {trace_identity.get('requests_finished')} "
             f"finished, {'n/a' if rejected is None else rejected} rejected in the window")
     if trace_identity.get("exhausted"):
         text += "; the trace ran out before the window's end (figures cover the window up to then)"

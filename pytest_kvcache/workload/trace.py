@@ -141,7 +141,13 @@ class Request:
             raise ConfigError(f"arrival_s must be null or a finite number of seconds >= 0, not {arrival!r}")
         extra = {k: raw[k] for k in _EXTRA_FIELDS if k in raw}  # a subclass's fields (corpus_start)
         target = cls
-        if extra and cls is Request:  # written by the prompt generator
+        if "output_token_ids" in extra and cls is Request:  # replayed from a ShareGPT file
+            from .sharegpt import ShareGPTRequest as target
+            ids = extra.pop("output_token_ids")
+            if not isinstance(ids, list) or len(ids) != raw["generate_tokens"] or not all(_is_int(i) for i in ids):
+                raise ConfigError(f"output_token_ids must be a list of generate_tokens integers, not {ids!r:.60}")
+            extra["output_ids"] = tuple(ids)
+        elif extra and cls is Request:  # written by the prompt generator
             from .prompts import PromptRequest as target
         return target(**{k: raw[k] for k in _REQUIRED if k != "think_time_s"},
                    think_time_s=round(float(think), 6), prefix_id=prefix_id, rag_chunk_ids=tuple(rag),
@@ -151,7 +157,7 @@ class Request:
 
 _REQUIRED = ("user_id", "seq", "conversation_id", "turn", "persona", "qos",
              "context_tokens", "generate_tokens", "think_time_s")
-_EXTRA_FIELDS = ("corpus_start",)
+_EXTRA_FIELDS = ("corpus_start", "output_token_ids")
 _ALL_FIELDS = (*_REQUIRED, "prefix_id", "rag_chunk_ids", "segments", "arrival_s", *_EXTRA_FIELDS)
 _SEGMENT_FIELDS = ("kind", "source", "tokens", "start", "token_ids", "standalone")
 

@@ -118,4 +118,8 @@ def _params_from_header(generator: str | None, raw) -> object | None:
     if generator == "MixedParams":
         from .mixed import MixedParams
         return MixedParams.from_dict(raw)
-    raise ConfigError(f"unknown generator {generator!r}; known: WorkloadParams, PromptParams, RagParams, MixedParams")
+    if generator == "ShareGPTParams":
+        from .sharegpt import ShareGPTParams
+        return ShareGPTParams.from_dict(raw)
+    raise ConfigError(f"unknown generator {generator!r}; known: WorkloadParams, PromptParams, RagParams, MixedParams, "
+                      "ShareGPTParams")
