@@ -199,9 +199,11 @@ def kv_run(request, kv_session):
         except ConfigError as exc:
             pytest.fail(str(exc), pytrace=False)
         progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
+        if kv_session.cluster is not None:  # under mpirun: every rank runs this scenario at once
+            kv_session.cluster.begin(request.node.nodeid)
         try:
             result = run_trials(prov, settings, model, trace, criteria, kv_session.registry,
-                                on_tick=progress)
+                                on_tick=progress, cluster=kv_session.cluster)
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True
             exc.result.nodeid = request.node.nodeid

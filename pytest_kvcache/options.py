@@ -113,5 +113,10 @@ PROCEDURE_OPTIONS: tuple[Option, ...] = (
     Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
     Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
 )
-OPTIONS: tuple[Option, ...] = TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
+# multi-client runs under mpirun (cluster.py)
+CLUSTER_OPTIONS: tuple[Option, ...] = (
+    Option("mpi_timeout", "posfloat", 600.0, "under mpirun: seconds a rank waits at a barrier for the other ranks (besides the scenario's warm-up and window) before the job is ended with the reason; a rank that failed or skipped a scenario never arrives"),
+)
+OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
+                               + CLUSTER_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

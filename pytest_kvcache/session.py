@@ -109,6 +109,7 @@ class KVSession:
         self.open_tiers: list = []  # provisioned and not yet closed: closed at session end
         self._traces: dict[str, Trace] = {}
         self.suite_properties_recorded = False
+        self.cluster = None  # cluster.Cluster under mpirun: this rank; None in a plain run
 
     def suite_properties(self) -> dict:
         """JUnit testsuite properties: what was tested, with what, from which seed."""
