@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_kvcache.aggregate import aggregate, combine_metrics, device_ratios, metric_rule, pooled_latency
+from pytest_kvcache.aggregate import (
+    aggregate,
+    combine_metrics,
+    device_ratios,
+    metric_rule,
+    pooled_latency,
+)
 from pytest_kvcache.cluster import Cluster, launched_under_mpi, rank_dir, rank_seed
 from pytest_kvcache.criteria import Criterion
 from pytest_kvcache.result import ScenarioResult
