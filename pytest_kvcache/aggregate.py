@@ -37,8 +37,8 @@ RULE = ("aggregate of the ranks (MLPerf Storage KV-cache scale-out rules): GB/s,
         "from the ranks' lookups added up; device ratios per drive; the pooled percentiles (summary.cluster.pooled) "
         "merge every rank's samples and are not the rules' figure")
 SUM_KINDS = frozenset({"count", "bytes", "throughput", "per_second", "tokens_per_second"})
-RANK0_SECTIONS = ("counters", "run_counters", "run_io", "timeline_bytes", "occupancy_timeline", "qos", "arrivals",
-                  "autoscale", "sla_search", "verify")
+RANK0_SECTIONS = ("counters", "run_counters", "run_io", "timeline_bytes", "occupancy_timeline", "autoscale",
+                  "sla_search", "verify")
 """Summary sections taken from rank 0 as they are, like the result's backends, occupancy, device
 counters and trace (every rank's headline and metrics are in ``summary.cluster.per_rank``)."""
 
@@ -225,6 +225,31 @@ def combine_tiers(summaries: Sequence[Mapping], pooled: Mapping[str, dict]) -> d
     return out
 
 
+def combine_qos(summaries: Sequence[Mapping], metrics: Mapping) -> dict:
+    """``summary.qos`` over the ranks: per class requests, offered and rejected summed, each
+    latency statistic the worst rank's, the SLA compliance over every rank's requests."""
+    out: dict = {}
+    for name in dict.fromkeys(n for s in summaries for n in (s.get("qos") or {})):
+        blocks = [s["qos"][name] for s in summaries if name in (s.get("qos") or {})]
+        out[name] = {**blocks[0], "requests": _opt_sum([b.get("requests") for b in blocks]) or 0,
+                     "offered": _opt_sum([b.get("offered") for b in blocks]),
+                     "rejected": _opt_sum([b.get("rejected") for b in blocks]),
+                     "sla_compliance": metrics.get(f"qos.{name}.sla_compliance"),
+                     **{k: _latency_max([b.get(k) or {} for b in blocks]) for k in ("e2e_ms", "queue_wait_ms", "ttft_ms")}}
+    return out
+
+
+def combine_arrivals(summaries: Sequence[Mapping]) -> dict:
+    """``summary.arrivals`` (open loop) over the ranks: the counts summed, the share recomputed."""
+    blocks = [s.get("arrivals") or {} for s in summaries]
+    out = dict(blocks[0]) if blocks else {}
+    if out.get("open_loop"):
+        for key in ("offered", "rejected", "rejected_no_idle_user"):
+            out[key] = _opt_sum([b.get(key) for b in blocks])
+        out["rejected_fraction"] = out["rejected"] / out["offered"] if out.get("offered") else None
+    return out
+
+
 def combine_summary(summaries: Sequence[Mapping], metrics: Mapping, pooled: Mapping[str, dict]) -> dict:
     """The report summary of the aggregate: rank 0's, with every figure that has a rule
     recomputed over the ranks (``RANK0_SECTIONS`` stay rank 0's)."""
@@ -261,6 +286,8 @@ def combine_summary(summaries: Sequence[Mapping], metrics: Mapping, pooled: Mapp
         out[key] = _opt_max([s.get(key) for s in summaries])
     for key in [k for k in first if k.endswith("_entries")]:
         out[key] = _opt_sum([s.get(key) for s in summaries])
+    out["qos"] = combine_qos(summaries, metrics)
+    out["arrivals"] = combine_arrivals(summaries)
     dropped = [s.get("entries_dropped") or {} for s in summaries]
     out["entries_dropped"] = {**dropped[0], **{k: _opt_sum([d.get(k) for d in dropped]) for k in ("count", "too_big", "no_room")},
                               "largest_bytes": _opt_max([d.get("largest_bytes") for d in dropped]),

@@ -110,7 +110,7 @@ PROCEDURE_OPTIONS: tuple[Option, ...] = (
     Option("trials", "posint", 1, "run each scenario this many times (fresh tiers each trial, same seed); figures are the mean over trials with a 95 percent confidence interval and CV (summary.trials), criteria gate on the mean"),
     Option("precondition_gb", "nonneg", 0.0, "before the window, fill the storage tier's drive with this many GB of files (excluded from every figure, removed at the end; 0 = off)"),
     Option("phase", "choice", "mixed", "mixed: requests load their cached prefix and store the rest; prefill: store only, never load (write-heavy, a disaggregated prefill node); decode: the prompts are stored before the window, then requests only load (read-heavy, a decode node)", PHASES),
-    Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
+    Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend, --kv-mpi-timeout and --kv-smoke may be set)", PRESETS),
     Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
 )
 # multi-client runs under mpirun (cluster.py)

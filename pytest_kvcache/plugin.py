@@ -202,6 +202,12 @@ def pytest_sessionstart(session):
 
 
 def pytest_unconfigure(config):
+    kv = config.stash.get(SESSION_KEY, None)
+    if kv is not None and kv.cluster is not None and not kv.interrupted:
+        # mpirun ends the whole job when a rank exits with an error: no rank leaves before
+        # rank 0 has written its report and summary
+        kv.cluster.begin("the end of the session")
+        kv.cluster.sync("exit")
     old = config.stash.get(_OLD_SIGTERM, None)
     if old is not None:
         signal.signal(signal.SIGTERM, old)

@@ -242,17 +242,18 @@ def scenario_text(result) -> str:
     fix = s.get("entries_dropped", {}).get("fix")
     if fix:
         lines.append(f"  ! {fix}")
+    whose = "rank 0's " if ranks else ""  # backends and device counters are rank 0's (aggregate.RANK0_SECTIONS)
     for b in result.backends:
         if "io_mode" in b:
             where = "memory, not a drive" if b.get("medium") == "memory" else b.get("block_device") or "no block device"
-            lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {where}), "
+            lines.append(f"  {whose}{b['tier']}: {b.get('path')} ({b.get('fstype')}, {where}), "
                          f"I/O mode {b['io_mode']}: {b.get('io_mode_reason', '')}")
             if "recycle" in b:
                 lines.append(f"  {b['tier']} files: {b.get('files_created', 0)} created, "
                              f"{b.get('files_recycled', 0)} recycled (recycling {'on' if b['recycle'] else 'off'})")
     dev = result.device_counters
     if dev.get("available"):
-        lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
+        lines.append(f"  {whose}device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
                      f"({_ratio(dev, 'read', ' of ours')}), write {dev['write_bytes'] / 1e9:.3f} GB "
                      f"({_ratio(dev, 'write')}), busy {format_figure(dev.get('utilization'), '%')}")
     elif result.backends and any("io_mode" in b for b in result.backends):

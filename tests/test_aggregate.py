@@ -10,12 +10,14 @@ import pytest
 from pytest_kvcache.aggregate import (
     aggregate,
     combine_metrics,
+    combine_qos,
     device_ratios,
     metric_rule,
     pooled_latency,
 )
-from pytest_kvcache.cluster import Cluster, launched_under_mpi, rank_dir, rank_seed
+from pytest_kvcache.cluster import Cluster, connect, launched_under_mpi, rank_dir, rank_seed
 from pytest_kvcache.criteria import Criterion
+from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.result import ScenarioResult
 
 
@@ -82,6 +84,16 @@ def test_differing_labels_without_a_rule_are_absent_with_the_values():
     metrics, absent = combine_metrics([_view({"something.unknown": 1}), _view({"something.unknown": 2}, rank=1)])
     assert "something.unknown" not in metrics
     assert "1, 2" in absent["something.unknown"]
+
+
+def test_qos_classes_add_requests_and_keep_the_worst_latency():
+    block = {"p95_target_ms": 50.0, "p99_target_ms": 100.0, "offered": None, "rejected": None, "sla_compliance": 1.0}
+    qos = combine_qos([{"qos": {"interactive": {**block, "requests": 3, "e2e_ms": {"p95": 40.0}, "ttft_ms": {"p95": 5.0}}}},
+                       {"qos": {"interactive": {**block, "requests": 1, "e2e_ms": {"p95": 90.0}, "ttft_ms": {}}}}],
+                      {"qos.interactive.sla_compliance": 0.75})
+    c = qos["interactive"]
+    assert (c["requests"], c["e2e_ms"]["p95"], c["ttft_ms"]["p95"], c["sla_compliance"]) == (4, 90.0, 5.0, 0.75)
+    assert c["p95_target_ms"] == 50.0
 
 
 def _dev(read_bytes, app_read):
@@ -264,3 +276,9 @@ def test_a_rank_that_never_arrives_ends_the_job_after_the_timeout(capsys):
     with pytest.raises(SystemExit):
         cluster.sync("window", extra_s=0.0)
     assert "did not reach 'window'" in capsys.readouterr().err
+
+
+def test_mpirun_without_mpi4py_is_a_usage_error_naming_the_fix(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "mpi4py", None)  # import mpi4py raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'pytest-kvcache\[mpi\]'"):
+        connect(60, 42)
