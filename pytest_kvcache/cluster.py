@@ -107,6 +107,17 @@ class Cluster:
                        ". Every rank must run the same scenarios with the same options (a rank that failed or "
                        "skipped a scenario runs ahead).")
 
+    def finish(self) -> None:
+        """At the end of the session: wait for every rank (``mpirun`` ends the job when the
+        first rank exits with an error, which could cut rank 0's report short), then finalize
+        MPI here rather than in interpreter teardown, where daemon threads may still run."""
+        self.begin("the end of the session")
+        self.sync("exit")
+        from mpi4py import MPI
+
+        if not MPI.Is_finalized():
+            MPI.Finalize()
+
     def abort(self, message: str) -> None:
         """Say why on stderr and end every rank of the job (MPI_Abort, exit code 1)."""
         print(message, file=sys.stderr, flush=True)

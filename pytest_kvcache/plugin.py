@@ -204,10 +204,7 @@ def pytest_sessionstart(session):
 def pytest_unconfigure(config):
     kv = config.stash.get(SESSION_KEY, None)
     if kv is not None and kv.cluster is not None and not kv.interrupted:
-        # mpirun ends the whole job when a rank exits with an error: no rank leaves before
-        # rank 0 has written its report and summary
-        kv.cluster.begin("the end of the session")
-        kv.cluster.sync("exit")
+        kv.cluster.finish()  # no rank leaves before rank 0 has written its report and summary
     old = config.stash.get(_OLD_SIGTERM, None)
     if old is not None:
         signal.signal(signal.SIGTERM, old)

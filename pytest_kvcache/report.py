@@ -203,15 +203,17 @@ CLUSTER_FIGURES = (("storage_read_gbps", "read GB/s", 3), ("storage_write_gbps",
                    ("headline_p95_ms", "headline p95 ms", 3), ("e2e_p95_ms", "e2e p95 ms", 3))
 
 
-def cluster_text(cluster: dict) -> str:
-    """An MPI run's per-rank headline figures under the aggregate's (``aggregate.aggregate``),
-    then the pooled percentiles, labelled as not the rules' figure."""
+def cluster_text(cluster: dict, trials: int = 1) -> str:
+    """An MPI run's per-rank headline figures under the aggregate's (``aggregate.aggregate``;
+    with ``trials`` > 1 the last trial's), then the pooled percentiles, labelled as not the
+    rules' figure."""
     def cell(value, digits):
         return "n/a" if value is None else f"{value:,.{digits}f}"
 
     rows = [[f"rank {r['rank']}", r.get("host") or "", r["status"],
              *(cell(r["headline"].get(key), d) for key, _, d in CLUSTER_FIGURES)] for r in cluster["per_rank"]]
-    lines = [f"  {cluster['ranks']} MPI ranks: {cluster['rule']}",
+    lines = [f"  {cluster['ranks']} MPI ranks: {cluster['rule']}" + (f"; per rank and pooled: the last of {trials} trials"
+                                                                      if trials > 1 else ""),
              tabulate(rows, headers=["rank", "host", "status", *(label for _, label, _ in CLUSTER_FIGURES)],
                       tablefmt="simple")]
     pooled = cluster.get("pooled") or {}
@@ -262,7 +264,7 @@ def scenario_text(result) -> str:
     if table:
         lines.append(table)
     if ranks:
-        lines.append(cluster_text(s["cluster"]))
+        lines.append(cluster_text(s["cluster"], (s.get("trials") or {}).get("count", 1)))
     arrivals = arrivals_text(s)
     if arrivals:
         lines.append(f"  {arrivals}")
