@@ -131,6 +131,7 @@ class Cluster:
         payload = {"rank": self.rank, "host": self.host, "result": result.to_dict(), "absent": dict(result.absent),
                    "samples": {f"{t}.{o}": np.asarray(v, dtype=np.float64) for (t, o), v in result.samples.items()},
                    "waits": list(self.waits)}
+        self.waits = []  # the next trial's barriers start afresh
         gathered = self.comm.gather(payload, root=0)
         combined = message = None
         if self.rank == 0:

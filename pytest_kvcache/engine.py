@@ -282,9 +282,13 @@ def combine_trials(results: list[ScenarioResult], criteria: list[Criterion], see
     for r in results:
         for key, values in r.samples.items():
             samples.setdefault(key, []).extend(values)
+    absent: dict = {}  # a metric n/a in any trial is n/a combined: with that trial's reason
+    for r in results:
+        for key, reason in r.absent.items():
+            absent.setdefault(key, reason)
     result = replace(
-        last, metrics=metrics, summary=summary, samples=samples,
-        outcomes=evaluate(criteria, metrics, last.tiers, last.absent),
+        last, metrics=metrics, summary=summary, samples=samples, absent=absent,
+        outcomes=evaluate(criteria, metrics, last.tiers, absent),
         errors=[f"trial {i}: {e}" for i, r in enumerate(results, 1) for e in r.errors],
         invariant_problems=[f"trial {i}: {p}" for i, r in enumerate(results, 1) for p in r.invariant_problems],
         run={**last.run, "aborted": any(r.run.get("aborted") for r in results),

@@ -93,3 +93,17 @@ def test_the_terminal_line_gives_means_intervals_and_cv():
     assert trials_text(None) is None
     line = trials_text(summarize([{"storage_read_gbps": 1.0}, {"storage_read_gbps": 3.0}], 42))
     assert line.startswith("trials 2") and "storage read 2.000 [-10.706, 14.706] GB/s cv 70.7%" in line
+
+
+def test_a_metric_one_trial_could_not_judge_is_na_with_that_trials_reason():
+    from pytest_kvcache.criteria import Criterion
+    from pytest_kvcache.engine import combine_trials
+    from pytest_kvcache.result import ScenarioResult
+
+    why = "not judged: we read 1.0 MiB in the window, under the 64 MiB needed"
+    first = ScenarioResult("storage-only", "q", ["nvme"], metrics={"nvme.read.p95": 0.01},
+                           summary={"headline": {}}, absent={"device.read_ratio": why})
+    second = ScenarioResult("storage-only", "q", ["nvme"], metrics={"nvme.read.p95": 0.01, "device.read_ratio": 1.0},
+                            summary={"headline": {}})
+    [outcome] = combine_trials([first, second], [Criterion.parse("device.read_ratio>=0.9")], 42).outcomes
+    assert (outcome.status, outcome.reason) == ("n/a", why)
