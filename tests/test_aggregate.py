@@ -282,3 +282,13 @@ def test_mpirun_without_mpi4py_is_a_usage_error_naming_the_fix(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "mpi4py", None)  # import mpi4py raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'pytest-kvcache\[mpi\]'"):
         connect(60, 42)
+
+
+def test_a_plain_run_never_imports_mpi4py():
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest_kvcache.plugin, pytest_kvcache.cluster; "
+            "sys.exit('mpi4py' in sys.modules)")
+    env = {"PATH": "/usr/bin:/bin"}  # no launcher's variables
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
