@@ -71,6 +71,9 @@ class Cluster:
         self.hosts: list[str] = comm.allgather(self.host)
         self.scenario = ""  # what the ranks are running now (the test's node id): checked at each barrier
         self.waits: list[dict] = []  # the last scenario's barriers: seconds this rank waited at each
+        # before_abort(message): says why where the user sees it and removes this rank's run
+        # files (the plugin's; MPI_Abort ends the process without any cleanup)
+        self.before_abort = None
 
     def describe(self) -> dict:
         """The report's ``cluster`` block: ranks, hosts, seeds and directories."""
@@ -119,8 +122,14 @@ class Cluster:
             MPI.Finalize()
 
     def abort(self, message: str) -> None:
-        """Say why on stderr and end every rank of the job (MPI_Abort, exit code 1)."""
-        print(message, file=sys.stderr, flush=True)
+        """Say why (``before_abort``, else stderr) and end every rank of the job (MPI_Abort,
+        exit code 1)."""
+        try:
+            if self.before_abort is None:
+                raise RuntimeError("no before_abort")
+            self.before_abort(message)
+        except Exception:
+            print(message, file=sys.stderr, flush=True)
         self.comm.Abort(1)
 
     def combine(self, result: ScenarioResult, criteria) -> ScenarioResult:

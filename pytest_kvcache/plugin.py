@@ -6,8 +6,11 @@ exposed here so pytest finds them through the ``pytest11`` entry point.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -117,6 +120,8 @@ def pytest_configure(config):
             check_output_path(Path(config.invocation_params.dir) / settings.plots, "--kv-plots", is_dir=True)
         kv = config.stash[SESSION_KEY] = KVSession(settings, registry, report)
         kv.cluster = cluster
+        if cluster is not None:
+            cluster.before_abort = functools.partial(_before_abort, config)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     if str(config.rootpath) == "/":
@@ -151,6 +156,28 @@ def _join_cluster(config, settings):
         path = Path(xml)
         config.option.xmlpath = str(path.with_name(f"{path.stem}.rank{cluster.rank}{path.suffix}"))
     return settings.replace(seed=rank_seed(settings.seed, cluster.rank), cache_dir=str(directory)), cluster
+
+
+def _remove_rank_dir(config) -> None:
+    made = config.stash.get(_RANK_DIR_MADE, None)
+    if made is not None:
+        try:
+            made.rmdir()  # only when empty: files another run or a user left stay
+        except OSError:
+            pass
+
+
+def _before_abort(config, message: str) -> None:
+    """``Cluster.abort`` is about to end the job: say why past pytest's output capture, and
+    remove this rank's run files and directory (MPI_Abort skips every teardown)."""
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    kv = config.stash.get(SESSION_KEY, None)
+    if kv is not None:
+        kv.close_all()
+    _remove_rank_dir(config)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -208,12 +235,7 @@ def pytest_unconfigure(config):
     old = config.stash.get(_OLD_SIGTERM, None)
     if old is not None:
         signal.signal(signal.SIGTERM, old)
-    made = config.stash.get(_RANK_DIR_MADE, None)
-    if made is not None:
-        try:
-            made.rmdir()  # only when empty: files another run or a user left stay
-        except OSError:
-            pass
+    _remove_rank_dir(config)
 
 
 @pytest.hookimpl(optionalhook=True)
