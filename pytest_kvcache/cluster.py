@@ -108,7 +108,7 @@ class Cluster:
             self.abort(f"kvcache MPI rank {self.rank}: the ranks are out of step: " +
                        "; ".join(f"rank {r} at '{s}' of {n or 'the session'}" for r, (n, s) in enumerate(where)) +
                        ". Every rank must run the same scenarios with the same options (a rank that failed or "
-                       "skipped a scenario runs ahead).")
+                       "skipped a scenario runs ahead).", together=True)
 
     def finish(self) -> None:
         """At the end of the session: wait for every rank (``mpirun`` ends the job when the
@@ -121,15 +121,20 @@ class Cluster:
         if not MPI.Is_finalized():
             MPI.Finalize()
 
-    def abort(self, message: str) -> None:
+    def abort(self, message: str, together: bool = False) -> None:
         """Say why (``before_abort``, else stderr) and end every rank of the job (MPI_Abort,
-        exit code 1)."""
+        exit code 1). ``together``: every rank is aborting now (it saw the same thing), so each
+        waits up to 10 s for the others' cleanup, which the first MPI_Abort would cut short."""
         try:
             if self.before_abort is None:
                 raise RuntimeError("no before_abort")
             self.before_abort(message)
         except Exception:
             print(message, file=sys.stderr, flush=True)
+        if together:
+            request, limit = self.comm.Ibarrier(), time.monotonic() + 10
+            while not request.Test() and time.monotonic() < limit:
+                time.sleep(0.01)
         self.comm.Abort(1)
 
     def combine(self, result: ScenarioResult, criteria) -> ScenarioResult:

@@ -30,17 +30,26 @@ def _verdicts(path: Path) -> dict:
             "skipped" if c.find("skipped") is not None else "passed" for c in cases}
 
 
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("KVCACHE_", "PYTEST_"))}
+
+
+def _launcher(n: int) -> list[str]:
+    return [MPIRUN, "--oversubscribe", "-n", str(n)] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+
+
+def _pytest(cache: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "scenarios/", "-p", "no:cacheprovider", "-q", f"--kv-cache-dir={cache}",
+            "--kv-duration", "2", "--kv-warmup", "0.5", "--kv-users", "2", "--kv-model", "tiny-1b",
+            "--kv-profile", "none", "--kv-mpi-timeout", "120", *args]
+
+
 def test_two_ranks_write_one_aggregated_report(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KVCACHE_", "PYTEST_"))}
-    launcher = [MPIRUN, "--oversubscribe", "-n", "2"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    cmd = launcher + [sys.executable, "-m", "pytest", "scenarios/", "-k", "test_tiers and storage-only",
-                      "-p", "no:cacheprovider", "-q", f"--kv-cache-dir={cache}", "--kv-duration", "2",
-                      "--kv-warmup", "0.5", "--kv-users", "2", "--kv-model", "tiny-1b", "--kv-profile", "none",
-                      "--kv-mpi-timeout", "120", f"--kv-report={tmp_path / 'report.json'}",
-                      f"--junitxml={tmp_path / 'junit.xml'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd = _launcher(2) + _pytest(cache, "-k", "test_tiers and storage-only", f"--kv-report={tmp_path / 'report.json'}",
+                                 f"--junitxml={tmp_path / 'junit.xml'}")
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     reports = sorted(p.name for p in tmp_path.glob("report*.json"))
     assert reports == ["report.json"], out  # rank 0 alone writes the report
@@ -67,3 +76,16 @@ def test_two_ranks_write_one_aggregated_report(tmp_path):
     assert rank0 == rank1 == {"test_tiers[storage-only]": scenario["status"]}, out
     assert (proc.returncode == 0) == (scenario["status"] == "passed"), out
     assert list(cache.iterdir()) == [], "the ranks' directories were left behind"
+
+
+def test_ranks_out_of_step_end_the_job_with_the_reason_and_leave_no_files(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # MPMD: rank 0 runs storage-only, rank 1 cpu-only, so they meet at different scenarios
+    cmd = (_launcher(1) + _pytest(cache, "-k", "test_tiers and storage-only", "--kv-report=")
+           + [":", "-n", "1"] + _pytest(cache, "-k", "test_tiers and cpu-only", "--kv-report="))
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "the ranks are out of step: rank 0 at 'warm-up' of scenarios/test_tiers.py::test_tiers[storage-only]" in out
+    assert list(cache.iterdir()) == [], "run files or rank directories were left behind"
