@@ -167,7 +167,10 @@ def provision(config: TierConfig, settings: Settings, registry: BackendRegistry)
 
 
 def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace: Trace,
-                 criteria: list[Criterion], on_tick=None) -> ScenarioResult:
+                 criteria: list[Criterion], on_tick=None, sync=None) -> ScenarioResult:
+    """One run of the scenario on ``prov``'s tiers, measured and judged. ``sync(stage, extra_s)``
+    (``cluster.Cluster.sync``) waits for the other MPI ranks before the warm-up, as the window
+    opens and as it ends. Ctrl-C raises ScenarioInterrupted carrying what was measured."""
     recorder = Recorder()
     recorder.io_log = IOLog() if settings.io_trace else None  # --kv-io-trace (iotrace.py)
     cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
@@ -198,7 +201,8 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
         max_concurrent_allocs=settings.max_concurrent_allocs, qos=settings.qos_classes,
         qos_aging_s=settings.qos_aging, seed=settings.seed,
         start_users=settings.users if scaler is not None else 0, trace_speedup=settings.trace_speedup,
-    ), window_hooks=(device,) if device else (), on_tick=tick)
+    ), window_hooks=(device,) if device else (), on_tick=tick,
+        sync=None if sync is None else (lambda stage: sync(stage, settings.warmup + settings.duration)))
     runner.server.phase = settings.phase  # serve.RequestServer: mixed, prefill or decode
     run = _Run(prov, settings, model, trace, criteria, recorder, cache, runner, device,
                storage, started=time.time(), scaler=scaler)  # wall clock: the report only
@@ -233,14 +237,25 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
 
 
 def run_trials(prov: Provisioned, settings: Settings, model: ModelSpec, trace: Trace, criteria: list[Criterion],
-               registry: BackendRegistry, on_tick=None) -> ScenarioResult:
+               registry: BackendRegistry, on_tick=None, cluster=None) -> ScenarioResult:
     """``settings.trials`` runs of the scenario (``run_scenario``), the first on ``prov``, each
     later one on tiers provisioned afresh (``prov`` is closed first: one run holds a drive at a
     time), all with the same settings, seed and trace; their result combined (``combine_trials``).
     One trial is ``run_scenario`` itself. Ctrl-C raises ScenarioInterrupted carrying the trials
-    measured so far, combined."""
+    measured so far, combined.
+
+    Under MPI (``cluster``, a ``cluster.Cluster``) every trial runs on all ranks at once and its
+    result is the ranks' aggregate (``Cluster.combine``): summed within the trial, then
+    combined over the trials as one rank's would be (the rules' "summed across ranks, then
+    averaged across trials")."""
+
+    def one(current: Provisioned) -> ScenarioResult:
+        if cluster is None:
+            return run_scenario(current, settings, model, trace, criteria, on_tick)
+        return cluster.combine(run_scenario(current, settings, model, trace, criteria, on_tick, cluster.sync), criteria)
+
     if settings.trials <= 1:
-        return run_scenario(prov, settings, model, trace, criteria, on_tick)
+        return one(prov)
     results: list[ScenarioResult] = []
     for i in range(settings.trials):
         current = prov
@@ -248,7 +263,7 @@ def run_trials(prov: Provisioned, settings: Settings, model: ModelSpec, trace: T
             prov.close()  # idempotent: the fixture closing it again later is a no-op
             current = provision(prov.config, settings, registry)
         try:
-            results.append(run_scenario(current, settings, model, trace, criteria, on_tick))
+            results.append(one(current))
         except ScenarioInterrupted as exc:
             raise ScenarioInterrupted(combine_trials(results + [exc.result], criteria, settings.seed)) from exc
         finally:
@@ -273,9 +288,13 @@ def combine_trials(results: list[ScenarioResult], criteria: list[Criterion], see
     for r in results:
         for key, values in r.samples.items():
             samples.setdefault(key, []).extend(values)
+    absent: dict = {}  # a metric n/a in any trial is n/a combined: with that trial's reason
+    for r in results:
+        for key, reason in r.absent.items():
+            absent.setdefault(key, reason)
     result = replace(
-        last, metrics=metrics, summary=summary, samples=samples,
-        outcomes=evaluate(criteria, metrics, last.tiers, last.absent),
+        last, metrics=metrics, summary=summary, samples=samples, absent=absent,
+        outcomes=evaluate(criteria, metrics, last.tiers, absent),
         errors=[f"trial {i}: {e}" for i, r in enumerate(results, 1) for e in r.errors],
         invariant_problems=[f"trial {i}: {p}" for i, r in enumerate(results, 1) for p in r.invariant_problems],
         run={**last.run, "aborted": any(r.run.get("aborted") for r in results),

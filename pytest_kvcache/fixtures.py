@@ -201,9 +201,11 @@ def kv_run(request, kv_session):
         except ConfigError as exc:
             pytest.fail(str(exc), pytrace=False)
         progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
+        if kv_session.cluster is not None:  # under mpirun: every rank runs this scenario at once
+            kv_session.cluster.begin(request.node.nodeid)
         try:
             result = run_trials(prov, settings, model, trace, criteria, kv_session.registry,
-                                on_tick=progress)
+                                on_tick=progress, cluster=kv_session.cluster)
         except ScenarioInterrupted as exc:  # keep what was measured, then let pytest stop
             kv_session.interrupted = True
             exc.result.nodeid = request.node.nodeid
@@ -223,7 +225,8 @@ def kv_run(request, kv_session):
             for key, value in kv_session.suite_properties().items():
                 record(key, value)
             kv_session.suite_properties_recorded = True
-        if benchmark is not None:
+        if benchmark is not None and (kv_session.cluster is None or kv_session.cluster.rank == 0):
+            # under mpirun rank 0 replays every rank's samples merged; the others' are not sent back
             feed(benchmark, result)
         kv_session.add(result)
         config.hook.pytest_kvcache_scenario_result(result=result, config=config)

@@ -110,7 +110,7 @@ PROCEDURE_OPTIONS: tuple[Option, ...] = (
     Option("trials", "posint", 1, "run each scenario this many times (fresh tiers each trial, same seed); figures are the mean over trials with a 95 percent confidence interval and CV (summary.trials), criteria gate on the mean"),
     Option("precondition_gb", "nonneg", 0.0, "before the window, fill the storage tier's drive with this many GB of files (excluded from every figure, removed at the end; 0 = off)"),
     Option("phase", "choice", "mixed", "mixed: requests load their cached prefix and store the rest; prefill: store only, never load (write-heavy, a disaggregated prefill node); decode: the prompts are stored before the window, then requests only load (read-heavy, a decode node)", PHASES),
-    Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
+    Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend, --kv-mpi-timeout and --kv-smoke may be set)", PRESETS),
     Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
 )
 # production traces, exact replay and the I/O trace (workload/replay.py, iotrace.py)
@@ -149,6 +149,10 @@ SHAREGPT_OPTIONS: tuple[Option, ...] = (
     Option("sharegpt_max_output_tokens", "count", 0, "--kv-sharegpt: a reply longer than this many tokens is cut to it, as a serving request's max_tokens (0 = no cap)"),
     Option("sharegpt_cache", "str", "auto", "--kv-sharegpt: where tokenized files are kept, keyed on the file's SHA-256 and the tokenizer: auto ($XDG_CACHE_HOME or ~/.cache, under pytest-kvcache/sharegpt), off, or a directory"),
 )
+# multi-client runs under mpirun (cluster.py)
+CLUSTER_OPTIONS: tuple[Option, ...] = (
+    Option("mpi_timeout", "posfloat", 600.0, "under mpirun: seconds a rank waits at a barrier for the other ranks (besides the scenario's warm-up and window) before the job is ended with the reason; a rank that failed or skipped a scenario never arrives"),
+)
 OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
-                               + SHAREGPT_OPTIONS + TRACE_OPTIONS + REMOTE_OPTIONS)
+                               + SHAREGPT_OPTIONS + TRACE_OPTIONS + REMOTE_OPTIONS + CLUSTER_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

@@ -6,8 +6,11 @@ exposed here so pytest finds them through the ``pytest11`` entry point.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 from . import hookspec
 from .backends import default_registry
 from .backends.gpu import gpu_unavailable_reason
+from .cluster import connect, launched_under_mpi, rank_dir, rank_seed
 from .engine import check_cache_dir
 from .errors import ConfigError
 from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin module)
@@ -41,6 +45,7 @@ from .tiers import TIER_CONFIGS
 from .workload.sharegpt import preload as preload_sharegpt
 
 _OLD_SIGTERM = pytest.StashKey[object]()
+_RANK_DIR_MADE = pytest.StashKey[Path]()
 
 
 def _is_xdist_worker(config) -> bool:
@@ -98,27 +103,84 @@ def pytest_configure(config):
     cli = {opt.name: config.getoption("kv_" + opt.name) for opt in OPTIONS}
     try:
         settings = build_settings(cli, _ini_values(config))
+        cluster = None
+        if launched_under_mpi():
+            settings, cluster = _join_cluster(config, settings)
         check_cache_dir(settings.cache_root, settings.nvme_capacity_gb * GB, allow_memory=settings.allow_memory_fs)
         registry = default_registry()
         config.hook.pytest_kvcache_register_backends(registry=registry)
         if settings.nvme_backend not in registry.names():
             raise ConfigError(f"--kv-nvme-backend {settings.nvme_backend!r} is not a known backend; "
                               f"known: {', '.join(registry.names())}.")
-        report = Path(settings.report) if settings.report and not _is_xdist_worker(config) else None
+        writes = not _is_xdist_worker(config) and (cluster is None or cluster.rank == 0)  # one report per run
+        report = Path(settings.report) if settings.report and writes else None
         if report is not None and not report.is_absolute():
             report = Path(config.invocation_params.dir) / report
         if report is not None:
             check_report_path(report)
-        if settings.plots and not _is_xdist_worker(config):
+        if settings.plots and writes:
             check_output_path(Path(config.invocation_params.dir) / settings.plots, "--kv-plots", is_dir=True)
         preload_sharegpt(settings)
-        config.stash[SESSION_KEY] = KVSession(settings, registry, report)
+        kv = config.stash[SESSION_KEY] = KVSession(settings, registry, report)
+        kv.cluster = cluster
+        if cluster is not None:
+            cluster.before_abort = functools.partial(_before_abort, config)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     if str(config.rootpath) == "/":
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             "pytest's rootdir is '/': a path given as '--kv-cache-dir PATH' counts when pytest picks its "
             "rootdir. Write '--kv-cache-dir=PATH' so test ids and saved benchmarks stay stable."), stacklevel=2)
+
+
+def _join_cluster(config, settings):
+    """Under mpirun: this rank's ``cluster.Cluster``, and its settings: the rank's own seed
+    (``cluster.rank_seed``) and directory ``<cache dir>/rank_<r>`` (made here if missing,
+    removed at the end if it is then empty). A JUnit XML file of rank r > 0 is written as
+    ``<name>.rank<r>.xml`` (every rank writes one; their verdicts are the same). Raises
+    ConfigError naming the fix."""
+    if config.getoption("numprocesses", None) or _is_xdist_worker(config):
+        raise ConfigError("pytest-xdist (-n) cannot run under mpirun: the MPI ranks are the parallel clients, each "
+                          "running every scenario; drop -n, or run without mpirun.")
+    root = settings.cache_root
+    check_cache_dir(root, allow_memory=settings.allow_memory_fs)
+    cluster = connect(settings.mpi_timeout, settings.seed)
+    directory = rank_dir(root, cluster.rank)
+    try:
+        directory.mkdir()
+        config.stash[_RANK_DIR_MADE] = directory
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create this MPI rank's directory {directory} in --kv-cache-dir {root}: "
+                          f"{exc.strerror}; choose a directory every rank can write to.") from None
+    xml = getattr(config.option, "xmlpath", None)
+    if xml and cluster.rank:
+        path = Path(xml)
+        config.option.xmlpath = str(path.with_name(f"{path.stem}.rank{cluster.rank}{path.suffix}"))
+    return settings.replace(seed=rank_seed(settings.seed, cluster.rank), cache_dir=str(directory)), cluster
+
+
+def _remove_rank_dir(config) -> None:
+    made = config.stash.get(_RANK_DIR_MADE, None)
+    if made is not None:
+        try:
+            made.rmdir()  # only when empty: files another run or a user left stay
+        except OSError:
+            pass
+
+
+def _before_abort(config, message: str) -> None:
+    """``Cluster.abort`` is about to end the job: say why past pytest's output capture, and
+    remove this rank's run files and directory (MPI_Abort skips every teardown)."""
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    kv = config.stash.get(SESSION_KEY, None)
+    if kv is not None:
+        kv.close_all()
+    _remove_rank_dir(config)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -170,9 +232,13 @@ def pytest_sessionstart(session):
 
 
 def pytest_unconfigure(config):
+    kv = config.stash.get(SESSION_KEY, None)
+    if kv is not None and kv.cluster is not None and not kv.interrupted:
+        kv.cluster.finish()  # no rank leaves before rank 0 has written its report and summary
     old = config.stash.get(_OLD_SIGTERM, None)
     if old is not None:
         signal.signal(signal.SIGTERM, old)
+    _remove_rank_dir(config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -246,7 +312,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if kv is None or not kv.results:
         return
     tr = terminalreporter
-    tr.write_sep("=", "kvcache session report")
+    if kv.cluster is not None and kv.cluster.rank:
+        tr.write_line(f"kvcache: MPI rank {kv.cluster.rank} of {kv.cluster.size}: its figures are in rank 0's report "
+                      "(summary.cluster.per_rank); the verdicts above are the aggregate's")
+        return
+    tr.write_sep("=", "kvcache session report" + (f" ({kv.cluster.size} MPI ranks)" if kv.cluster else ""))
     for result in kv.results:
         tr.write_line(scenario_text(result))
         tr.write_line("")

@@ -38,6 +38,7 @@ def build_report(session, final: bool) -> dict:
         "scenarios": [r.to_dict() for r in session.results],
         "unjudged_criteria": [{"criterion": c.text, "source": c.source, "reasons": reasons}
                               for c, reasons in session.unjudged()],
+        **({"cluster": session.cluster.describe()} if getattr(session, "cluster", None) is not None else {}),
     }
 
 
@@ -200,13 +201,41 @@ def trials_text(trials: dict | None) -> str | None:
             (" | ".join(parts) if parts else "no figure in every trial"))
 
 
+CLUSTER_FIGURES = (("storage_read_gbps", "read GB/s", 3), ("storage_write_gbps", "write GB/s", 3),
+                   ("storage_tokens_per_sec", "storage tok/s", 0), ("requests", "requests", 0),
+                   ("headline_p95_ms", "headline p95 ms", 3), ("e2e_p95_ms", "e2e p95 ms", 3))
+
+
+def cluster_text(cluster: dict, trials: int = 1) -> str:
+    """An MPI run's per-rank headline figures under the aggregate's (``aggregate.aggregate``;
+    with ``trials`` > 1 the last trial's), then the pooled percentiles, labelled as not the
+    rules' figure."""
+    def cell(value, digits):
+        return "n/a" if value is None else f"{value:,.{digits}f}"
+
+    rows = [[f"rank {r['rank']}", r.get("host") or "", r["status"],
+             *(cell(r["headline"].get(key), d) for key, _, d in CLUSTER_FIGURES)] for r in cluster["per_rank"]]
+    lines = [f"  {cluster['ranks']} MPI ranks: {cluster['rule']}" + (f"; per rank and pooled: the last of {trials} trials"
+                                                                      if trials > 1 else ""),
+             tabulate(rows, headers=["rank", "host", "status", *(label for _, label, _ in CLUSTER_FIGURES)],
+                      tablefmt="simple")]
+    pooled = cluster.get("pooled") or {}
+    if pooled:
+        lines.append(f"  pooled over {cluster['ranks']} ranks (all samples merged, not the rules' p95): " + " | ".join(
+            f"{key} p95 {p['p95_ms']:.3f} ms ({p['count']:,} I/Os{'' if p['exact'] else ', reservoirs'})"
+            for key, p in pooled.items()))
+    return "\n".join(lines)
+
+
 def scenario_text(result) -> str:
     s = result.summary
     lines = [f"{result.id} [{result.status.upper()}] tiers: {' > '.join(result.tiers)}",
              f"  {result.question}"]
     no_storage = () if s.get("storage_tier") else (
         "storage_tokens_per_sec", "storage_read_gbps", "storage_write_gbps", "storage_read_tokens_per_generated_token")
-    lines += ["  " + text for text in headline_text(s.get("headline", {}), ("status", *no_storage))]
+    ranks = (s.get("cluster") or {}).get("ranks")
+    beside = f"[{ranks} ranks, aggregate] " if ranks else ""  # the rank count beside every headline line
+    lines += ["  " + beside + text for text in headline_text(s.get("headline", {}), ("status", *no_storage))]
     trials = trials_text(s.get("trials"))
     if trials:
         lines.append(f"  {trials}")
@@ -218,19 +247,20 @@ def scenario_text(result) -> str:
     fix = s.get("entries_dropped", {}).get("fix")
     if fix:
         lines.append(f"  ! {fix}")
+    whose = "rank 0's " if ranks else ""  # backends and device counters are rank 0's (aggregate.RANK0_SECTIONS)
     for b in result.backends:
         if b.get("medium") == "network":
             lines.append(f"  {b['tier']}: {b.get('location')} (network, not a block device)")
         if "io_mode" in b:
             where = "memory, not a drive" if b.get("medium") == "memory" else b.get("block_device") or "no block device"
-            lines.append(f"  {b['tier']}: {b.get('path')} ({b.get('fstype')}, {where}), "
+            lines.append(f"  {whose}{b['tier']}: {b.get('path')} ({b.get('fstype')}, {where}), "
                          f"I/O mode {b['io_mode']}: {b.get('io_mode_reason', '')}")
             if "recycle" in b:
                 lines.append(f"  {b['tier']} files: {b.get('files_created', 0)} created, "
                              f"{b.get('files_recycled', 0)} recycled (recycling {'on' if b['recycle'] else 'off'})")
     dev = result.device_counters
     if dev.get("available"):
-        lines.append(f"  device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
+        lines.append(f"  {whose}device {dev['device']} over the window: read {dev['read_bytes'] / 1e9:.3f} GB "
                      f"({_ratio(dev, 'read', ' of ours')}), write {dev['write_bytes'] / 1e9:.3f} GB "
                      f"({_ratio(dev, 'write')}), busy {format_figure(dev.get('utilization'), '%')}")
     elif result.backends and any("io_mode" in b or b.get("medium") == "network" for b in result.backends):
@@ -238,6 +268,8 @@ def scenario_text(result) -> str:
     table = tier_table(s)
     if table:
         lines.append(table)
+    if ranks:
+        lines.append(cluster_text(s["cluster"], (s.get("trials") or {}).get("count", 1)))
     arrivals = arrivals_text(s)
     if arrivals:
         lines.append(f"  {arrivals}")

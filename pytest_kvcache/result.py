@@ -77,6 +77,8 @@ class ScenarioResult:
         criterion's outcome; n/a figures are the string "n/a"."""
         out = {"kv_trace_sha256": self.trace.get("sha256", ""),
                "kv_workload_sha256": self.trace.get("workload_sha256", "")}
+        if self.summary.get("cluster"):  # an MPI run: the figures are the ranks' aggregate
+            out["kv_ranks"] = self.summary["cluster"]["ranks"]
         figures = self.summary.get("headline") or {"status": self.status}
         for key, value in figures.items():
             out[f"kv_{key}"] = "n/a" if value is None else value

@@ -124,9 +124,12 @@ class _User:
 
 class Runner:
     def __init__(self, cache: MultiTierCache, trace: Trace, recorder: Recorder, config: RunConfig,
-                 window_hooks: tuple = (), on_tick=None):
+                 window_hooks: tuple = (), on_tick=None, sync=None):
         self.cache, self.trace, self.recorder, self.config = cache, trace, recorder, config
         self.window_hooks = window_hooks  # objects with start()/stop(), e.g. device counters
+        # sync(stage): waits for the other MPI ranks (cluster.Cluster.sync) before the warm-up,
+        # as the window opens and after it ends, so the ranks' windows coincide; None alone
+        self.sync = sync or (lambda stage: None)
         self.on_tick = on_tick  # called about 4 times a second with (runner, elapsed_s)
         self.info = RunInfo()
         self._stop = threading.Event()  # no new requests
@@ -367,6 +370,7 @@ class Runner:
         except BaseException:
             self.info.aborted = True
             raise
+        self.sync("warm-up")
         self.info.started_ns = t0 = time.perf_counter_ns()
         warm_end = t0 + int(cfg.warmup_s * 1e9)
         # Set before any request starts: I/O completing from warm_end on counts, even when the
@@ -379,6 +383,7 @@ class Runner:
             while True:
                 now = time.perf_counter_ns()
                 if not opened and now >= warm_end:
+                    self.sync("window")
                     for hook in self.window_hooks:
                         hook.start()
                     opened = True
@@ -389,6 +394,7 @@ class Runner:
                 wake = deadline if opened else warm_end  # wake for the window's start, then its end
                 self._ended.wait(min(0.25, max(0.001, (wake - now) / 1e9)))
             if not opened:  # everything ended before the warm-up did: an empty window
+                self.sync("window")
                 self.recorder.open_window()
             # close at the moment the run really ended, not at the next poll: idle time after
             # the last I/O must not dilute the window's rates
@@ -396,6 +402,7 @@ class Runner:
             self.recorder.close_window(max(warm_end, min(ended, deadline)) if ended is not None else None)
             for hook in self.window_hooks:
                 hook.stop()
+            self.sync("end")
             self.info.trace_exhausted = self.active_users() == 0 and not self.info.errors
             self._end_promptly()
             closed_ns = self.recorder.window_end_ns

@@ -122,6 +122,7 @@ class KVSession:
         if settings.trace:  # a malformed file is a usage error before any scenario runs
             self.trace_files.load(settings)
         self.suite_properties_recorded = False
+        self.cluster = None  # cluster.Cluster under mpirun: this rank; None in a plain run
 
     def suite_properties(self) -> dict:
         """JUnit testsuite properties: what was tested, with what, from which seed."""

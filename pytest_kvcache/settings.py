@@ -318,7 +318,8 @@ def check_autoscale(values: dict) -> None:
 # for). A config file may set these only (its ``models:`` and ``qos:`` are refused: the rules
 # allow no config of the workload). The nvme backend is how we do the I/O, not the workload: ``npy`` runs
 # the preset with the reference's file I/O for comparison.
-PRESET_FREE = frozenset({"preset", "smoke", "config", "cache_dir", "report", "plots", "allow_memory_fs", "nvme_backend"})
+PRESET_FREE = frozenset({"preset", "smoke", "config", "cache_dir", "report", "plots", "allow_memory_fs", "nvme_backend",
+                         "mpi_timeout"})
 
 
 def check_preset(preset: str, explicit_sources: dict) -> None:
@@ -331,7 +332,7 @@ def check_preset(preset: str, explicit_sources: dict) -> None:
         raise ConfigError(f"--kv-preset {preset} fixes every setting of the MLPerf Storage CLOSED options (model, users, "
                           f"tier budgets, allocations, window, seed, trials, criteria ...), so a result stays comparable "
                           f"with other submissions; it refuses {where}. Drop them (only --kv-cache-dir, --kv-report, "
-                          "--kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set, also in a "
+                          "--kv-plots, --kv-allow-memory-fs, --kv-nvme-backend, --kv-mpi-timeout and --kv-smoke may be set, also in a "
                           "--kv-config file, which may not define models or QoS classes), or run without --kv-preset.")
 
 

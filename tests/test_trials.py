@@ -101,3 +101,17 @@ def test_a_count_averaged_over_trials_reads_as_a_number_not_a_float_repr():
     assert format_figure(475.6666666666667, "count") == "475.7"
     assert format_figure(1200, "count") == "1,200"
     assert format_figure(None, "count") == "n/a"
+
+
+def test_a_metric_one_trial_could_not_judge_is_na_with_that_trials_reason():
+    from pytest_kvcache.criteria import Criterion
+    from pytest_kvcache.engine import combine_trials
+    from pytest_kvcache.result import ScenarioResult
+
+    why = "not judged: we read 1.0 MiB in the window, under the 64 MiB needed"
+    first = ScenarioResult("storage-only", "q", ["nvme"], metrics={"nvme.read.p95": 0.01},
+                           summary={"headline": {}}, absent={"device.read_ratio": why})
+    second = ScenarioResult("storage-only", "q", ["nvme"], metrics={"nvme.read.p95": 0.01, "device.read_ratio": 1.0},
+                            summary={"headline": {}})
+    [outcome] = combine_trials([first, second], [Criterion.parse("device.read_ratio>=0.9")], 42).outcomes
+    assert (outcome.status, outcome.reason) == ("n/a", why)
