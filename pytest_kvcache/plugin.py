@@ -20,7 +20,6 @@ from . import hookspec
 from .backends import default_registry
 from .backends.gpu import gpu_unavailable_reason
 from .cluster import connect, launched_under_mpi, rank_dir, rank_seed
-from .engine import check_cache_dir
 from .errors import ConfigError
 from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin module)
     SESSION_KEY,
@@ -39,6 +38,7 @@ from .plots import plots_available, render_plots
 from .remote_fixtures import kv_redis_server, kv_s3_server  # noqa: F401  (fixtures, found by name)
 from .report import build_report, scenario_text
 from .result import ScenarioResult
+from .rundir import check_cache_dir
 from .session import KVSession, check_output_path, check_report_path
 from .settings import GB, build_settings
 from .tiers import TIER_CONFIGS

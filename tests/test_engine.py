@@ -11,11 +11,12 @@ from pytest_kvcache import engine
 from pytest_kvcache.backends import default_registry
 from pytest_kvcache.criteria import builtin_criteria, profile_criteria
 from pytest_kvcache.devstats import RATIO_FLOOR_BYTES, compare_with_ours
-from pytest_kvcache.engine import check_cache_dir, make_run_dir, provision, run_scenario
+from pytest_kvcache.engine import provision, run_scenario
 from pytest_kvcache.errors import ConfigError
 from pytest_kvcache.fsinfo import find_block_devices, mount_for
 from pytest_kvcache.models import resolve_model
 from pytest_kvcache.report import scenario_text
+from pytest_kvcache.rundir import check_cache_dir, make_run_dir
 from pytest_kvcache.settings import build_settings
 from pytest_kvcache.tiers import TIER_CONFIGS
 from pytest_kvcache.workload import WorkloadParams, generate_trace

@@ -16,11 +16,12 @@ from pytest_kvcache.backends.file import FileBackend
 from pytest_kvcache.backends.mock import MockBackend
 from pytest_kvcache.cache import MultiTierCache
 from pytest_kvcache.criteria import profile_criteria
-from pytest_kvcache.engine import check_cache_dir, make_run_dir, provision, run_scenario
+from pytest_kvcache.engine import provision, run_scenario
 from pytest_kvcache.errors import BackendError, ConfigError
 from pytest_kvcache.models import resolve_model
 from pytest_kvcache.payload import NoiseSource, StagingBuffers, Verifier
 from pytest_kvcache.recorder import Recorder
+from pytest_kvcache.rundir import check_cache_dir, make_run_dir
 from pytest_kvcache.settings import build_settings, load_yaml_config
 from pytest_kvcache.tiers import TIER_CONFIGS
 
