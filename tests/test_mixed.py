@@ -119,7 +119,9 @@ def test_settings_build_mixed_params_for_the_most_users():
 
 
 def test_a_short_run_hits_all_three_lookup_kinds(tmp_path):
-    s = build_settings({"cache_dir": str(tmp_path), "model": "tiny-1b", "duration": "1.0", "warmup": 0,
+    # a 60 s bound, not a 1 s window: the 24 requests run out long before it (the run then ends), so
+    # every user reaches its later turns however loaded the machine is
+    s = build_settings({"cache_dir": str(tmp_path), "model": "tiny-1b", "duration": "60", "warmup": 0,
                         "users": 4, "requests_per_user": "6", "think_time_scale": "0", "generation_mode": "none",
                         "cpu_mem_gb": "0.2", "chunk_tokens": 64, "io_block_mb": 1, "profile": "none"}, {}, {})
     trace = generate_mixed(_params(users=4))
@@ -129,5 +131,6 @@ def test_a_short_run_hits_all_three_lookup_kinds(tmp_path):
     finally:
         prov.close()
     assert result.status == "passed", result.failure_message()
+    assert result.trace["exhausted"]
     for kind in ("prefix", "multi_turn", "rag"):
         assert result.metrics[f"cache.hit_rate.{kind}"] > 0, kind
