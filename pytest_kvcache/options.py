@@ -113,5 +113,9 @@ PROCEDURE_OPTIONS: tuple[Option, ...] = (
     Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
     Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
 )
-OPTIONS: tuple[Option, ...] = TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
+# where loads end: the compute device (compute.py)
+GPU_OPTIONS: tuple[Option, ...] = (
+    Option("compute_device", "choice", "auto", "where a load from the cache ends: auto = GPU memory when torch sees a CUDA device (each load from cpu or nvme is then followed by an H2D copy, its own figures compute.h2d.*; a gpu-tier hit moves nothing), else host memory; gpu = the GPU or a usage error; host = host memory (the staging buffer)", ("auto", "host", "gpu")),
+)
+OPTIONS: tuple[Option, ...] = TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS + GPU_OPTIONS
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
