@@ -159,7 +159,11 @@ class GPUCompute(ComputeDevice):
         """The GPU memory a load of ``nbytes`` on this thread ends in (a backend that reads
         straight into GPU memory, as gds does, reads there)."""
         load = self.loading()
-        return load.dst if load is not None and load.dst.numel() >= nbytes else self._destination(nbytes)
+        if load is None:
+            return self._destination(nbytes)
+        if load.dst.numel() < nbytes:  # a file's padding: grow the load's buffer (its bytes are kept)
+            load.dst = self._destination(nbytes)
+        return load.dst
 
     def land(self, key: str, offset: int, data) -> None:
         load = self.loading()

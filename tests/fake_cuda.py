@@ -116,3 +116,44 @@ def fake_torch(capacity=1 << 20, available=True):
 def device_bytes(torch) -> int:
     """Bytes of device memory still referenced."""
     return sum(t.numel() for t in torch.live)
+
+
+def fake_kvikio(compat=True):
+    """A fake ``kvikio`` whose ``CuFile`` moves bytes between files and fake GPU memory only
+    (host buffers are refused, as a GDS path that bounced through host memory here would be a
+    bug), and whose ``defaults`` report compatibility mode ``compat``."""
+    import os
+
+    kvikio = types.ModuleType("kvikio")
+    defaults = types.ModuleType("kvikio.defaults")
+    defaults.is_compat_mode_preferred = lambda: compat
+
+    def get(name):
+        assert name == "compat_mode"
+        return "CompatMode.ON" if compat else "CompatMode.OFF"
+
+    defaults.get = get
+    flags_of = {"r": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "r+": os.O_RDWR}
+
+    class CuFile:
+        def __init__(self, path, flags="r"):
+            self.fd = os.open(path, flags_of[flags], 0o600)
+
+        def write(self, buf, size, file_offset=0):
+            assert buf.device, "the gds backend writes from GPU memory"
+            return os.pwrite(self.fd, buf.arr[:size].tobytes(), file_offset)
+
+        def read(self, buf, size, file_offset=0):
+            assert buf.device, "the gds backend reads into GPU memory"
+            data = os.pread(self.fd, size, file_offset)
+            buf.arr[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+            return len(data)
+
+        def fileno(self):
+            return self.fd
+
+        def close(self):
+            os.close(self.fd)
+
+    kvikio.CuFile, kvikio.defaults, kvikio.__version__ = CuFile, defaults, "0+fake"
+    return kvikio

@@ -184,6 +184,7 @@ NATURAL_YAML = {
     "phase": ("decode", "decode"),
     "preset": ("mlperf-closed", "mlperf-closed"),
     "smoke": ("yes", True),
+    "compute_device": ("host", "host"),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {

@@ -34,12 +34,13 @@ class BackendRegistry:
 def default_registry() -> BackendRegistry:
     from .cpu import CPUBackend
     from .file import FileBackend
+    from .gds import GDSBackend
     from .gpu import GPUBackend
     from .mock import MockBackend
     from .npy import NpyBackend
 
     reg = BackendRegistry()
-    for cls in (CPUBackend, FileBackend, GPUBackend, MockBackend, NpyBackend):
+    for cls in (CPUBackend, FileBackend, GDSBackend, GPUBackend, MockBackend, NpyBackend):
         reg.register(cls.name, cls)
     return reg
 
