@@ -33,8 +33,8 @@ def kvikio_unavailable_reason() -> str | None:
         import kvikio  # noqa: F401
         import kvikio.defaults  # noqa: F401
     except ImportError as exc:
-        return (f"kvikio is not installed ({exc}): pip install 'pytest-kvcache[gds]' (kvikio-cu12; "
-                "kvikio-cu13 for CUDA 13)")
+        return (f"kvikio is not installed ({exc}): pip install 'pytest-kvcache[gds]' (kvikio-cu13; "
+                "pip install kvikio-cu12 on a CUDA 12 machine)")
     except (OSError, RuntimeError) as exc:  # its CUDA libraries are missing or broken
         return f"kvikio is installed but cannot load ({exc})"
     return None
