@@ -175,3 +175,39 @@ def test_make_compute_picks_the_device(monkeypatch, torch):
         make_compute("gpu")
     with pytest.raises(ConfigError, match="one of auto, host, gpu"):
         make_compute("tpu")
+
+
+def _run(tmp_path, compute_device):
+    from test_engine import settings_for, small_trace
+
+    from pytest_kvcache.backends import default_registry
+    from pytest_kvcache.criteria import Criterion
+    from pytest_kvcache.engine import provision, run_scenario
+    from pytest_kvcache.models import resolve_model
+    from pytest_kvcache.tiers import TIER_CONFIGS
+
+    s = settings_for(tmp_path, compute_device=compute_device, profile="none")
+    prov = provision(TIER_CONFIGS["cpu+storage"], s, default_registry())
+    try:
+        return run_scenario(prov, s, resolve_model(s.model), small_trace(s), [Criterion.parse("compute.h2d.p95<=1000ms")])
+    finally:
+        prov.close()
+
+
+def test_a_scenario_on_a_gpu_records_both_legs_and_says_so(torch, tmp_path):
+    torch.capacity = 1 << 28
+    result = _run(tmp_path, "auto")
+    assert result.summary["compute"]["device"] == "cuda:0"
+    assert "h2d" in result.summary["compute"]["legs"]
+    hits = result.metrics.get("cpu.read.count", 0) + result.metrics.get("nvme.read.count", 0)
+    assert hits > 0 and result.metrics["compute.h2d.count"] == hits  # one copy leg per load
+    assert [o.status for o in result.outcomes] == ["pass"]
+    assert torch.cudart_state.registered == {}  # staging unregistered at close
+
+
+def test_a_scenario_on_host_memory_has_no_copy_leg_and_judges_it_na(torch, tmp_path):
+    result = _run(tmp_path, "host")
+    assert result.summary["compute"]["device"] == "host"
+    assert not any(k.startswith("compute.") for k in result.metrics)
+    (outcome,) = result.outcomes
+    assert outcome.status == "n/a" and "host memory" in outcome.reason
