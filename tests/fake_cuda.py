@@ -64,6 +64,19 @@ class FakeEvent:
         return EVENT_MS
 
 
+def _drain():
+    while PENDING:
+        PENDING.pop(0)()
+
+
+class FakeStream:
+    def __init__(self, device=None):
+        self.device = device
+
+    def synchronize(self):
+        _drain()
+
+
 class FakeCudart:
     def __init__(self):
         self.registered: dict[int, int] = {}  # address -> bytes
@@ -105,10 +118,10 @@ def fake_torch(capacity=1 << 20, available=True):
         return FakeTensor(arr, None, cudart.pinned(arr))
 
     torch.uint8, torch.device, torch.empty, torch.capacity, torch.live = "uint8", str, empty, capacity, live
-    torch.from_numpy, torch.cudart_state = from_numpy, cudart
+    torch.from_numpy, torch.cudart_state, torch.__version__ = from_numpy, cudart, "0+fake"
     torch.cuda = types.SimpleNamespace(
         is_available=lambda: available, OutOfMemoryError=OutOfMemoryError, Event=FakeEvent,
-        Stream=lambda device=None: object(), stream=lambda s: contextlib.nullcontext(),
+        Stream=FakeStream, stream=lambda s: contextlib.nullcontext(), synchronize=lambda device=None: _drain(),
         get_device_name=lambda device=None: "Fake GPU", empty_cache=lambda: None, cudart=lambda: cudart)
     return torch
 

@@ -73,7 +73,9 @@ class GDSBackend(FileBackend):
             kvikio_compat_mode=str(kvikio.defaults.get("compat_mode")),
             gds_used=not self.compat,
             method="kvikio CuFile read into / write from GPU memory, one call per --kv-io-block-mb; writes "
-                   "fsynced; the payload is copied to the GPU before the timed write")
+                   "fsynced, and the file's page cache dropped (POSIX_FADV_DONTNEED) after each write and before "
+                   "each read, so compatibility mode cannot be served from memory; the payload is copied to the "
+                   "GPU before the timed write")
 
     def _thread_state(self):
         """This thread's (side stream, GPU write buffer of one staging block)."""
@@ -122,6 +124,7 @@ class GDSBackend(FileBackend):
                         raise BackendError(f"write of {key!r} to {path}: {written} of {n} bytes at {off}")
                 t = time.perf_counter_ns()
                 os.fsync(f.fileno())  # compat mode may leave the bytes in the page cache
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 f.close()
             end = time.perf_counter_ns()
@@ -152,6 +155,7 @@ class GDSBackend(FileBackend):
         try:
             t = start = time.perf_counter_ns()
             f = self.kvikio.CuFile(path, "r")
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # compat mode: not from the page cache
             dur += time.perf_counter_ns() - t
             try:
                 for off in range(0, padded, block):
