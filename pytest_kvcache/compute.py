@@ -31,6 +31,11 @@ from .errors import BackendError, ConfigError
 
 CHOICES = ("auto", "host", "gpu")
 
+
+class ComputeOutOfMemory(RuntimeError):
+    """No GPU memory for a worker's load buffer. Not a ``BackendError``: the entry being loaded
+    is fine, so the cache must not drop it as broken; the run ends with this message."""
+
 LEGS = {
     "read": "the storage leg: the tier's medium into host staging (a gpu-tier hit: its lookup only; "
             "the gds backend: the drive straight into GPU memory)",
@@ -150,9 +155,9 @@ class GPUCompute(ComputeDevice):
             st[1] = None  # free the smaller one first
             try:
                 st[1] = self.torch.empty(max(nbytes, 1), dtype=self.torch.uint8, device=self.device)
-            except self.torch.cuda.OutOfMemoryError as exc:
-                raise BackendError(f"compute device: CUDA out of memory for a {nbytes} B load buffer; "
-                                   "lower --kv-gpu-mem-gb so loads have room") from exc
+            except self.torch.cuda.OutOfMemoryError as exc:  # not the entry's fault: ends the run
+                raise ComputeOutOfMemory(f"compute device: CUDA out of memory for a {nbytes} B load buffer; "
+                                         "lower --kv-gpu-mem-gb (or --kv-users) so loads have room") from exc
         return st[1]
 
     def destination(self, nbytes: int):

@@ -66,6 +66,8 @@ def _load_dependent(metric: str, tiers: list[str]) -> str | None:
     needs something demoted there first; demotions, evictions and deletes need a full tier or a
     rewrite), the words for 'none happened'; else None."""
     parts = metric.split(".")
+    if len(parts) == 3 and parts[0] == COMPUTE_TIER:  # copies only loads from a host-side tier
+        return "no load was copied host-to-device (from cpu or a file tier) in the window under this load"
     if len(parts) != 3 or parts[0] not in tiers:
         return None
     if parts[1] in _LOAD_DEPENDENT_OPS or tiers.index(parts[0]) > 0:
