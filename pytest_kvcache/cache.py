@@ -135,10 +135,12 @@ class MultiTierCache:
                 self.recorder.lookup(kind, False, time.perf_counter_ns(), entry.tokens if tokens is None else tokens)
             return None
         self.recorder.io(tier.name, "read", res, entry.tokens)  # the storage leg
-        if load.result is not None:  # the copy leg: host staging into GPU memory
-            self.recorder.io(COMPUTE_TIER, "h2d", load.result, entry.tokens)
+        loaded = load.result  # the copy leg: host staging into GPU memory (None: nothing copied)
+        if loaded is not None:
+            self.recorder.io(COMPUTE_TIER, "h2d", loaded, entry.tokens)
         if kind is not None:
-            self.recorder.lookup(kind, True, res.end_ns, entry.tokens if tokens is None else tokens)
+            end = res.end_ns if loaded is None else loaded.end_ns
+            self.recorder.lookup(kind, True, end, entry.tokens if tokens is None else tokens)
         return tier.name
 
     def put(self, key: str, tokens: int, shared: bool = False) -> str | None:
