@@ -23,8 +23,9 @@
 #
 # The project pins torch==2.13.0 (the gpu extra), but the device reaches no registry: the
 # project is installed with --no-deps over the image's CUDA build of torch (2.11.0+cu130 when
-# last seen), and env.txt records which torch ran. Each step has its own time limit and a
-# failed step does not stop the next, so one hang cannot take the whole lease.
+# last seen), and env.txt records which torch ran. Each step has its own time limit, cut to
+# what is left of a 560 s budget (BUDGET_S), most important first; a failed step does not stop
+# the next, and each step's JSON is copied to $OUT as soon as it ends.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,17 +45,26 @@ fi
 OUT="${OUT:?run this on the device machine, where \$OUT is set (or set OUT=some/dir to try it elsewhere)}"
 LOG="$OUT/log.txt"
 W=/tmp/kvcheck  # reports are written here (each with a CSV beside it); only their JSON goes to $OUT
-mkdir -p "$W"
+rm -rf "$W" && mkdir -p "$W"
 export PYTHONUNBUFFERED=1
 PY="${PY:-python3}"  # the image's python3 holds its CUDA torch
-step() {  # step SECONDS NAME COMMAND...: run with a time limit, log it, never stop the script
-    local limit=$1 name=$2
+BUDGET_S="${BUDGET_S:-560}"  # the whole script, inside the tool's 600 s limit
+DEADLINE=$((SECONDS + BUDGET_S))
+step() {  # step SECONDS NAME COMMAND...: run with a time limit (never past the budget), log it,
+          # bring its JSON to $OUT at once (a run killed later keeps it), never stop the script
+    local limit=$1 name=$2 left=$((DEADLINE - SECONDS))
     shift 2
+    if [ "$left" -lt 15 ]; then
+        echo "=== $name: SKIPPED, the ${BUDGET_S}s budget is spent" | tee -a "$LOG"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     echo "=== $name (limit ${limit}s) $(date +%T)" | tee -a "$LOG"
     local t0=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -n 40
     local rc=${PIPESTATUS[0]}
     echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG"
+    cp "$W"/*.json "$OUT"/ 2>/dev/null  # the CSVs beside the reports stay behind (8 files at most)
 }
 
 {
@@ -65,11 +75,11 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, log it, never s
 
 # kvikio from the carried wheels, then the project over the image's packages
 if ls .whl/*.whl >/dev/null 2>&1; then
-    step 60 "install kvikio wheels" $PY -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
+    step 40 "install kvikio wheels" $PY -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
 else
     echo "no .whl/ carried: the gds steps will say kvikio is missing" | tee -a "$LOG"
 fi
-step 90 "install pytest-kvcache" $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .
+step 60 "install pytest-kvcache" $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .
 PLUGIN=""
 if ! (cd /tmp && $PY -c 'import importlib.metadata as m; assert any(e.value == "pytest_kvcache.plugin" for e in m.entry_points(group="pytest11"))' 2>/dev/null); then
     echo "the install failed: running from the checkout (PYTHONPATH, -p pytest_kvcache.plugin)" | tee -a "$LOG"
@@ -89,18 +99,17 @@ EOF
 cat "$OUT/env.txt" | tee -a "$LOG"
 
 P="-p no:cacheprovider -q -rfE $PLUGIN"
-# the six tier questions at an 8 s window (default 15 s), the other scenarios at their own
+# most important first: each step is cut to what is left of the budget
 step 100 "scenarios: tiers" $PY -m pytest scenarios/test_tiers.py $P --kv-duration 8 --kv-warmup 1 \
-    --kv-report "$W/scenarios.json"
-step 200 "scenarios: the rest" $PY -m pytest scenarios/ $P --ignore scenarios/test_tiers.py \
-    --kv-report "$W/scenarios_rest.json"
-step 60 "scenarios: gds" $PY -m pytest "scenarios/test_tiers.py::test_tiers[storage-only]" \
+    --kv-report "$W/scenarios.json"   # the six tier questions at an 8 s window (default 15 s)
+step 50 "scenarios: gds" $PY -m pytest "scenarios/test_tiers.py::test_tiers[storage-only]" \
     "scenarios/test_tiers.py::test_tiers[gpu+cpu+storage]" $P --kv-duration 8 --kv-warmup 1 \
     --kv-nvme-backend gds --kv-report "$W/scenarios_gds.json"
-step 150 "tests" $PY -m pytest tests/ $P -n 8
-step 60 "bench_gpu_copy 8 users" $PY benchmarks/bench_gpu_copy.py --users 8 --json "$OUT/bench_gpu_copy.json"
-step 60 "bench_gpu_copy --verify" $PY benchmarks/bench_gpu_copy.py --verify --size-mb 256 \
-    --json "$OUT/bench_gpu_copy_verify.json"
-step 90 "bench_gds" $PY benchmarks/bench_gds.py --users 8 --dir /var/tmp --json "$OUT/bench_gds.json"
-cp "$W"/*.json "$OUT"/ 2>/dev/null  # at most 8 files come back: the CSVs stay behind
-ls -la "$OUT"
+step 60 "bench_gpu_copy 8 users" $PY benchmarks/bench_gpu_copy.py --users 8 --json "$W/bench_gpu_copy.json"
+step 45 "bench_gpu_copy --verify" $PY benchmarks/bench_gpu_copy.py --verify --size-mb 256 \
+    --json "$W/bench_gpu_copy_verify.json"
+step 75 "bench_gds" $PY benchmarks/bench_gds.py --users 8 --dir /var/tmp --json "$W/bench_gds.json"
+step 120 "tests" $PY -m pytest tests/ $P -n 8
+step 200 "scenarios: the rest" $PY -m pytest scenarios/ $P --ignore scenarios/test_tiers.py \
+    --kv-report "$W/scenarios_rest.json"   # at their own settings
+ls -la "$OUT" | tee -a "$LOG"
