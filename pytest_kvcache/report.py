@@ -215,6 +215,10 @@ def scenario_text(result) -> str:
     fix = s.get("entries_dropped", {}).get("fix")
     if fix:
         lines.append(f"  ! {fix}")
+    compute = s.get("compute") or {}
+    if compute.get("legs", {}).get("h2d"):  # a GPU: say which rows are which leg
+        lines.append(f"  compute device {compute['device']} ({compute.get('device_name')}): a tier's read row is the "
+                     "storage leg, the compute h2d row the copy into GPU memory; request figures include both")
     for b in result.backends:
         if "io_mode" in b:
             where = "memory, not a drive" if b.get("medium") == "memory" else b.get("block_device") or "no block device"

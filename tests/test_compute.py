@@ -205,12 +205,19 @@ def test_a_scenario_on_a_gpu_records_both_legs_and_says_so(torch, tmp_path):
     assert run_io["compute.h2d"]["bytes"] <= sum(run_io.get(f"{t}.read", {}).get("bytes", 0) for t in ("cpu", "nvme"))
     (outcome,) = result.outcomes
     assert outcome.status != "n/a"  # on a GPU compute.* criteria are judged (host: n/a, below)
+    from pytest_kvcache.report import scenario_text
+
+    text = scenario_text(result)
+    assert "compute device cuda:0 (Fake GPU): a tier's read row is the storage leg" in text
     assert torch.cudart_state.registered == {}  # staging unregistered at close
 
 
 def test_a_scenario_on_host_memory_has_no_copy_leg_and_judges_it_na(torch, tmp_path):
     result = _run(tmp_path, "host")
     assert result.summary["compute"]["device"] == "host"
+    from pytest_kvcache.report import scenario_text
+
+    assert "storage leg" not in scenario_text(result)  # no legs to tell apart
     assert not any(k.startswith("compute.") for k in result.metrics)
     (outcome,) = result.outcomes
     assert outcome.status == "n/a" and "host memory" in outcome.reason
