@@ -186,8 +186,9 @@ def _run(tmp_path, compute_device):
     from pytest_kvcache.models import resolve_model
     from pytest_kvcache.tiers import TIER_CONFIGS
 
-    s = settings_for(tmp_path, compute_device=compute_device, profile="none")
-    prov = provision(TIER_CONFIGS["cpu+storage"], s, default_registry())
+    # cpu-only: loads that do not wait on a drive another job may be keeping busy
+    s = settings_for(tmp_path, compute_device=compute_device, profile="none", cpu_mem_gb="0.1", duration="3")
+    prov = provision(TIER_CONFIGS["cpu-only"], s, default_registry())
     try:
         return run_scenario(prov, s, resolve_model(s.model), small_trace(s), [Criterion.parse("compute.h2d.p95<=1000ms")])
     finally:
@@ -200,9 +201,8 @@ def test_a_scenario_on_a_gpu_records_both_legs_and_says_so(torch, tmp_path):
     assert result.summary["compute"]["device"] == "cuda:0"
     assert "h2d" in result.summary["compute"]["legs"]
     run_io = result.summary["run_io"]  # the whole run: a window on a loaded machine may hold no load
-    loads = sum(run_io.get(f"{t}.read", {}).get("count", 0) for t in ("cpu", "nvme"))
-    assert loads > 0 and run_io["compute.h2d"]["count"] == loads  # one copy leg per load
-    assert run_io["compute.h2d"]["bytes"] <= sum(run_io.get(f"{t}.read", {}).get("bytes", 0) for t in ("cpu", "nvme"))
+    loads = run_io["cpu.read"]["count"]
+    assert loads > 0 and run_io["compute.h2d"] == run_io["cpu.read"]  # one copy leg per load, the same bytes
     (outcome,) = result.outcomes
     assert outcome.status != "n/a"  # on a GPU compute.* criteria are judged (host: n/a, below)
     from pytest_kvcache.report import scenario_text
