@@ -219,6 +219,15 @@ class GPUCompute(ComputeDevice):
             self.torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
+def check_settings(compute_device: str, nvme_backend: str) -> None:
+    """Checks ``--kv-compute-device`` against the other options (``Settings.check_workload``);
+    raises ConfigError naming the fix. Whether a GPU is there is checked when tiers are made."""
+    if compute_device == "host" and nvme_backend == "gds":
+        raise ConfigError("--kv-nvme-backend gds reads chunk files straight into GPU memory, but --kv-compute-device "
+                          "is host; use --kv-compute-device auto (or gpu) on a machine with a GPU, or "
+                          "--kv-nvme-backend file.")
+
+
 def make_compute(choice: str, device: str = "cuda:0") -> ComputeDevice:
     """The compute device ``--kv-compute-device`` asks for: ``host``, ``gpu`` or ``auto`` (the GPU
     when torch sees one, else host memory, with the reason). Raises ConfigError for ``gpu``

@@ -14,6 +14,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from .compute import check_settings as check_compute
 from .errors import ConfigError
 from .fsinfo import MOUNTS, memory_medium
 from .options import OPTION_BY_NAME, OPTIONS, Option
@@ -65,6 +66,7 @@ class _SettingsMethods:
             raise ConfigError(f"--kv-rag-user-share {self.rag_user_share} is above 1; give the share of RAG users from 0 "
                               "to 1 (0.25 = every fourth user).")
         check_autoscale({o.name: getattr(self, o.name) for o in OPTIONS})
+        check_compute(self.compute_device, self.nvme_backend)
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}

@@ -247,3 +247,11 @@ def test_no_gpu_memory_for_a_load_buffer_ends_the_load_but_keeps_the_entry(torch
     with pytest.raises(ComputeOutOfMemory, match="--kv-gpu-mem-gb"):
         cache.read("k", "prefix")
     assert cache.contains("k") and cache.check_invariants() == []  # not dropped as broken, not pinned
+
+
+def test_gds_with_host_compute_is_refused_with_the_settings():
+    from pytest_kvcache.settings import build_settings
+
+    with pytest.raises(ConfigError, match="--kv-compute-device auto"):
+        build_settings({"nvme_backend": "gds", "compute_device": "host"}, {}, {})
+    assert build_settings({"nvme_backend": "gds"}, {}, {}).compute_device == "auto"  # a GPU is checked later
