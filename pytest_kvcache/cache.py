@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from .backends.base import Backend
 from .errors import BackendError, BackendFull, IOCut
+from .ops import COMPUTE_TIER
 from .recorder import Recorder
 
 WRITING, READY, MOVING = "writing", "ready", "moving"
@@ -59,6 +60,7 @@ class MultiTierCache:
         if not backends:
             raise ValueError("a cache needs at least one tier")
         self.tiers = [Tier(b, high_water) for b in backends]
+        self.compute = backends[0].ctx.compute  # where loads end (compute.py)
         self.recorder = recorder
         self.bytes_per_token = bytes_per_token
         self._cond = threading.Condition(threading.Lock())
@@ -80,7 +82,9 @@ class MultiTierCache:
             tier.backend.ctx.ending.set()
 
     def read(self, key: str, kind: str, tokens: int | None = None) -> str | None:
-        """Load ``key`` into the compute device. Returns the tier it came from, None on a miss.
+        """Load ``key`` into the compute device (``compute.py``: with a GPU, the tier's read is
+        followed by an ``h2d`` copy, recorded as its own I/O of the ``compute`` pseudo-tier).
+        Returns the tier it came from, None on a miss.
 
         The lookup is recorded as ``kind`` with ``tokens`` (default: the entry's own tokens, or
         0 on a miss); a caller that splits a block's tokens over several kinds records its
@@ -99,7 +103,8 @@ class MultiTierCache:
             tier = self.tiers[entry.tier]
             tier.entries.move_to_end(key)
         try:
-            res = tier.backend.read(key, entry.nbytes)
+            with self.compute.load(entry.nbytes) as load:  # the load ends in the compute device
+                res = tier.backend.read(key, entry.nbytes)
         except BackendError as exc:
             res = None
             self.recorder.error(f"{tier.name} read of {key}: {exc}")
@@ -129,9 +134,13 @@ class MultiTierCache:
             if kind is not None:
                 self.recorder.lookup(kind, False, time.perf_counter_ns(), entry.tokens if tokens is None else tokens)
             return None
-        self.recorder.io(tier.name, "read", res, entry.tokens, entry.key)
+        self.recorder.io(tier.name, "read", res, entry.tokens, entry.key)  # the storage leg
+        loaded = load.result  # the copy leg: host staging into GPU memory (None: nothing copied)
+        if loaded is not None:
+            self.recorder.io(COMPUTE_TIER, "h2d", loaded, entry.tokens, entry.key)
         if kind is not None:
-            self.recorder.lookup(kind, True, res.end_ns, entry.tokens if tokens is None else tokens)
+            end = res.end_ns if loaded is None else loaded.end_ns
+            self.recorder.lookup(kind, True, end, entry.tokens if tokens is None else tokens)
         return tier.name
 
     def put(self, key: str, tokens: int, shared: bool = False) -> str | None:

@@ -27,7 +27,7 @@ from .workload.personas import QOS_CLASSES
 # --------------------------------------------------------------------------- namespace (data)
 
 #: Tiers that may appear as ``<tier>.<op>.<stat>``; backends add theirs with ``register_tier``.
-known_tiers: list[str] = ["gpu", "cpu", "nvme", "object", "redis", "gds"]
+known_tiers: list[str] = ["gpu", "cpu", "nvme", "object", "redis", "gds", "compute"]  # compute: ops.COMPUTE_TIER
 
 TIER_OPS = OPS
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .backends import BackendContext, BackendRegistry
 from .cache import HIGH_WATER, MultiTierCache
+from .compute import make_compute
 from .criteria import Criterion
 from .devstats import DeviceWindow, compare_with_ours
 from .errors import ConfigError
@@ -73,6 +74,7 @@ class Provisioned:
             for backend in self.backends:
                 backend.close()
             self.backends = []
+            self.ctx.compute.close()
             try:
                 self.run_dir.rmdir()
             except FileNotFoundError:
@@ -92,6 +94,7 @@ def provision(config: TierConfig, settings: Settings, registry: BackendRegistry)
     memory (``memory.host_bytes_needed``) exceeds what the process can have, before anything is
     created; BackendError when a backend cannot be made. Whatever was made is removed then.
     """
+    compute_dev = make_compute(settings.compute_device)  # ConfigError for gpu without one; allocates nothing yet
     check_cache_dir(settings.cache_root, allow_memory=settings.allow_memory_fs)
     lock = DriveLock(settings.cache_root)
     try:
@@ -102,8 +105,8 @@ def provision(config: TierConfig, settings: Settings, registry: BackendRegistry)
         raise
     noise = _noise(settings.seed)
     block = int(settings.io_block_mb * MiB)
-    ctx = BackendContext(noise=noise, staging=StagingBuffers(block), run_dir=run_dir,
-                         verifier=Verifier(noise, block) if settings.verify else None)
+    ctx = BackendContext(noise=noise, staging=StagingBuffers(block, pin=compute_dev.pin), run_dir=run_dir,
+                         verifier=Verifier(noise, block) if settings.verify else None, compute=compute_dev)
     prov = Provisioned(config, [], run_dir, ctx, lock)
     try:
         for spec in tier_specs(config, settings):
@@ -330,7 +333,8 @@ class _Run:
             summary["sla_search" if self.scaler.mode == "sla-search" else "autoscale"] = self.scaler.summary()
             flat.update({k: v for k, v in self.scaler.metrics().items() if v is not None})
         summary["entries_dropped"] = self._dropped()
-        absent = self._absent(device_counters)
+        summary["compute"] = prov.ctx.compute.describe()  # where loads end; which legs the figures include
+        absent = {**prov.ctx.compute.absent(prov.backends), **self._absent(device_counters)}
         outcomes = evaluate(self.criteria, flat, prov.tier_names, absent)
         result = ScenarioResult(
             name=prov.config.name, question=prov.config.question, tiers=prov.tier_names,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from .criteria import BUILTIN_SOURCE, Criterion, format_value, known_tiers
-from .ops import possible_ops, storage_tier
+from .ops import COMPUTE_TIER, possible_ops, storage_tier
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def not_applicable(metric: str, tiers: list[str], absent: Mapping[str, str]) -> 
             return reason
     parts = metric.split(".")
     if parts[0] in known_tiers:
-        if parts[0] not in tiers:
+        if parts[0] not in tiers and parts[0] != COMPUTE_TIER:  # compute: every scenario, on a GPU
             return f"no {parts[0]} tier in this scenario"
         if len(parts) == 3 and parts[1] not in possible_ops(tiers, parts[0]):
             if parts[1] == "demote_write":
@@ -66,6 +66,8 @@ def _load_dependent(metric: str, tiers: list[str]) -> str | None:
     needs something demoted there first; demotions, evictions and deletes need a full tier or a
     rewrite), the words for 'none happened'; else None."""
     parts = metric.split(".")
+    if len(parts) == 3 and parts[0] == COMPUTE_TIER:  # copies only loads from a host-side tier
+        return "no load was copied host-to-device (from cpu or a file tier) in the window under this load"
     if len(parts) != 3 or parts[0] not in tiers:
         return None
     if parts[1] in _LOAD_DEPENDENT_OPS or tiers.index(parts[0]) > 0:

@@ -75,10 +75,11 @@ def compute(recorder: Recorder, tiers: list[str], qos_classes: dict | None = Non
         if rate(w.count) is not None:
             flat[f"{prefix}.iops"] = rate(w.count)
         if op in DATA_OPS:
+            # I/Os that moved nothing (a gpu-tier hit with a GPU compute device) have no GB/s
             figures.update(bytes=w.bytes, tokens=round(w.tokens, 3), edge_bytes=w.edge_bytes,
-                           gbps=_round(rate(w.bytes / 1e9), 6))
+                           gbps=_round(rate(w.bytes / 1e9), 6) if w.bytes else None)
             flat[f"{prefix}.bytes"] = w.bytes
-            if rate(w.bytes) is not None:
+            if rate(w.bytes) is not None and w.bytes:
                 flat[f"{prefix}.gbps"] = rate(w.bytes) / 1e9
             tier_bytes[tier] = tier_bytes.get(tier, 0) + w.bytes
             moved += w.bytes

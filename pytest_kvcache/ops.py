@@ -7,8 +7,17 @@ the device-counter check can never disagree (design section 6).
 
 from __future__ import annotations
 
-DATA_OPS: tuple[str, ...] = ("read", "write", "demote_read", "demote_write")
-"""Ops that move bytes to or from a tier's medium: the only ones counted as bytes moved (GB, GB/s)."""
+COMPUTE_TIER = "compute"
+"""The pseudo-tier of the compute device's own copies (``compute.py``): with a GPU, a load from a
+host tier ends with an ``h2d`` copy from pinned staging into GPU memory, recorded under this name
+beside the tier's ``read`` (the storage leg), so each leg has its own figures."""
+
+LOAD_OPS: tuple[str, ...] = ("h2d",)
+"""Ops of the compute tier: host-to-device copies of loaded KV (CUDA-event time)."""
+
+DATA_OPS: tuple[str, ...] = ("read", "write", "demote_read", "demote_write") + LOAD_OPS
+"""Ops that move bytes to or from a tier's medium (or, ``h2d``, into the compute device): the
+only ones counted as bytes moved (GB, GB/s)."""
 
 EVENT_OPS: tuple[str, ...] = ("evict", "delete")
 """Ops that free an entry: counted and timed, never bytes moved (a recycled delete makes no system call)."""
@@ -41,13 +50,16 @@ def possible_ops(tiers, tier: str) -> tuple[str, ...]:
 
     Every tier is read, written, evicted and deleted from; only a tier with one below it
     demotes (demote_read), and only a tier with one above it receives demotions
-    (demote_write). Returns () for a tier the scenario does not have.
+    (demote_write). Only the compute pseudo-tier copies to the GPU (``h2d``), whatever the
+    tiers. Returns () for a tier the scenario does not have.
     """
+    if tier == COMPUTE_TIER:
+        return LOAD_OPS
     tiers = list(tiers)
     if tier not in tiers:
         return ()
     i = tiers.index(tier)
-    impossible = set()
+    impossible = set(LOAD_OPS)
     if i == len(tiers) - 1:
         impossible.add("demote_read")
     if i == 0:

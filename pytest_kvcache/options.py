@@ -153,6 +153,10 @@ SHAREGPT_OPTIONS: tuple[Option, ...] = (
 CLUSTER_OPTIONS: tuple[Option, ...] = (
     Option("mpi_timeout", "posfloat", 600.0, "under mpirun: seconds a rank waits at a barrier for the other ranks (besides the scenario's warm-up and window) before the job is ended with the reason; a rank that failed or skipped a scenario never arrives"),
 )
+# where loads end: the compute device (compute.py)
+GPU_OPTIONS: tuple[Option, ...] = (
+    Option("compute_device", "choice", "auto", "where a load from the cache ends: auto = GPU memory when torch sees a CUDA device (each load from cpu or nvme is then followed by an H2D copy, its own figures compute.h2d.*; a gpu-tier hit moves nothing), else host memory; gpu = the GPU or a usage error; host = host memory (the staging buffer)", ("auto", "host", "gpu")),
+)
 OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
-                               + SHAREGPT_OPTIONS + TRACE_OPTIONS + REMOTE_OPTIONS + CLUSTER_OPTIONS)
+                               + SHAREGPT_OPTIONS + TRACE_OPTIONS + REMOTE_OPTIONS + CLUSTER_OPTIONS + GPU_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

@@ -122,8 +122,9 @@ class StagingBuffers:
     lazily on a thread's first I/O (outside the timed region) and grow only to ``block`` bytes.
     """
 
-    def __init__(self, block: int):
+    def __init__(self, block: int, pin=None):
         self.block = max(BLOCK, -(-block // BLOCK) * BLOCK)
+        self.pin = pin  # called on each new buffer (compute.GPUCompute.pin page-locks it)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[np.ndarray] = []
@@ -132,6 +133,8 @@ class StagingBuffers:
         mine = getattr(self._local, "mine", None)
         if mine is None:
             mine = self._local.mine = (aligned_buffer(self.block), Held(self.block))
+            if self.pin is not None:
+                self.pin(mine[0])
             with self._lock:
                 self._all.append(mine[0])
         return mine

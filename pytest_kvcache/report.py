@@ -248,6 +248,10 @@ def scenario_text(result) -> str:
     if fix:
         lines.append(f"  ! {fix}")
     whose = "rank 0's " if ranks else ""  # backends and device counters are rank 0's (aggregate.RANK0_SECTIONS)
+    compute = s.get("compute") or {}
+    if compute.get("legs", {}).get("h2d"):  # a GPU: say which rows are which leg
+        lines.append(f"  compute device {compute['device']} ({compute.get('device_name')}): a tier's read row is the "
+                     "storage leg, the compute h2d row the copy into GPU memory; request figures include both")
     for b in result.backends:
         if b.get("medium") == "network":
             lines.append(f"  {b['tier']}: {b.get('location')} (network, not a block device)")

@@ -14,6 +14,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from .compute import check_settings as check_compute
 from .errors import ConfigError
 from .fsinfo import MOUNTS, memory_medium
 from .options import OPTION_BY_NAME, OPTIONS, Option
@@ -72,6 +73,7 @@ class _SettingsMethods:
         check_trace_options({o.name: getattr(self, o.name) for o in OPTIONS})
         check_remote(self)
         check_sharegpt_settings(self)
+        check_compute(self.compute_device, self.nvme_backend)
 
     def to_dict(self) -> dict:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}

@@ -67,7 +67,7 @@ def tier_specs(config: TierConfig, settings: Settings) -> list[TierSpec]:
             specs.append(TierSpec("cpu", "cpu", int(settings.cpu_mem_gb * GB)))
         elif tier == "nvme":
             options = {} if settings.file_io_mode == "auto" else {"io_mode": settings.file_io_mode}
-            if settings.nvme_backend == "file":
+            if settings.nvme_backend in ("file", "gds"):  # gds keeps the file tier's files and recycling
                 options["recycle"] = settings.file_recycle == "on"
             specs.append(TierSpec("nvme", settings.nvme_backend, nvme_capacity(settings), options))
         elif tier in REMOTE_TIERS:

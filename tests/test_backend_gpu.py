@@ -1,17 +1,15 @@
-"""GPUBackend on the CPU: a tiny fake ``torch`` stands in for CUDA.
+"""GPUBackend on the CPU: the tiny fake ``torch`` of ``fake_cuda`` stands in for CUDA.
 
 Device memory is numpy arrays with a byte capacity (past it, ``OutOfMemoryError``). A
 ``non_blocking`` copy only runs when an event is synchronised, as a real async copy may, so
 a backend that reused its pinned buffer or read it before synchronising would see wrong bytes.
 """
 
-import contextlib
 import sys
-import types
-import weakref
 
 import numpy as np
 import pytest
+from fake_cuda import EVENT_MS, PENDING, fake_torch
 
 from pytest_kvcache.backends.base import BackendContext, TierSpec
 from pytest_kvcache.backends.gpu import GPUBackend, gpu_unavailable_reason
@@ -23,74 +21,7 @@ from pytest_kvcache.recorder import Recorder
 
 BLOCK = 4096  # the staging block: entries below span several segments
 SIZE = 3 * BLOCK + 100  # four segments, the last one short
-EVENT_MS = 0.25  # what every fake start/end event pair reports
 NOISE = NoiseSource(7, size=1 << 20)
-
-
-class FakeTensor:
-    def __init__(self, arr):
-        self.arr = arr
-
-    def __getitem__(self, s):
-        return FakeTensor(self.arr[s])
-
-    def numel(self):
-        return self.arr.size
-
-    def numpy(self):
-        return self.arr  # shares memory, like Tensor.numpy() on a CPU tensor
-
-    def copy_(self, src, non_blocking=False):
-        assert non_blocking
-        PENDING.append(lambda: self.arr.__setitem__(slice(None), src.arr))
-        return self
-
-
-PENDING = []  # queued async copies; they run when an event is synchronised
-
-
-class FakeEvent:
-    def __init__(self, enable_timing=False):
-        assert enable_timing
-        self.stream = self.done = None
-
-    def record(self, stream):
-        self.stream = stream
-
-    def synchronize(self):
-        assert self.stream is not None, "synchronize() on an event never recorded"
-        while PENDING:
-            PENDING.pop(0)()
-        self.done = True
-
-    def elapsed_time(self, end):
-        assert end.done and end.stream is self.stream, "elapsed_time before the end event completed"
-        return EVENT_MS
-
-
-def fake_torch(capacity=1 << 20, available=True):
-    torch = types.ModuleType("torch")
-    live = weakref.WeakSet()  # device tensors still referenced
-
-    class OutOfMemoryError(RuntimeError):
-        pass
-
-    def empty(n, dtype=None, device=None, pin_memory=False):
-        t = FakeTensor(np.zeros(n, dtype=np.uint8))
-        if device is None:
-            assert pin_memory, "host staging must be pinned for async copies"
-            return t
-        if sum(x.numel() for x in live) + n > torch.capacity:
-            raise OutOfMemoryError(f"CUDA out of memory. Tried to allocate {n} B")
-        live.add(t)
-        return t
-
-    torch.uint8, torch.device, torch.empty, torch.capacity, torch.live = "uint8", str, empty, capacity, live
-    torch.cuda = types.SimpleNamespace(
-        is_available=lambda: available, OutOfMemoryError=OutOfMemoryError, Event=FakeEvent,
-        Stream=lambda device=None: object(), stream=lambda s: contextlib.nullcontext(),
-        get_device_name=lambda device=None: "Fake GPU", empty_cache=lambda: None)
-    return torch
 
 
 @pytest.fixture

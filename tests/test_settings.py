@@ -214,6 +214,7 @@ NATURAL_YAML = {
     "sharegpt_max_output_tokens": ("512", 512),
     "sharegpt_cache": ("'off'", "off"),  # quoted: YAML reads a bare off as the boolean false
     "mpi_timeout": ("90", 90.0),
+    "compute_device": ("host", "host"),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {

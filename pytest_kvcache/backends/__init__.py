@@ -34,6 +34,7 @@ class BackendRegistry:
 def default_registry() -> BackendRegistry:
     from .cpu import CPUBackend
     from .file import FileBackend
+    from .gds import GDSBackend
     from .gpu import GPUBackend
     from .mock import MockBackend
     from .npy import NpyBackend
@@ -41,7 +42,7 @@ def default_registry() -> BackendRegistry:
     from .redis import RedisBackend
 
     reg = BackendRegistry()
-    for cls in (CPUBackend, FileBackend, GPUBackend, MockBackend, NpyBackend, ObjectBackend, RedisBackend):
+    for cls in (CPUBackend, FileBackend, GDSBackend, GPUBackend, MockBackend, NpyBackend, ObjectBackend, RedisBackend):
         reg.register(cls.name, cls)
     return reg
 

@@ -64,6 +64,15 @@ class BackendContext:
     ending: threading.Event = field(default_factory=threading.Event)
     """Set when the run is ending: a backend whose call is made of several transfers may stop
     between two of them, raising ``errors.IOCut`` (``MultiTierCache.end_promptly`` sets it)."""
+    compute: object = field(default_factory=lambda: _host_compute())
+    """Where loads end (``compute.ComputeDevice``): a backend's ``read`` calls
+    ``compute.land(key, offset, data)`` for each transfer it lands in host memory."""
+
+
+def _host_compute():
+    from ..compute import HostCompute  # compute.py imports this module
+
+    return HostCompute()
 
 
 class Backend(abc.ABC):
@@ -90,7 +99,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def read(self, key: str, nbytes: int) -> IOResult:
-        """Load entry ``key`` into this thread's staging buffer (the compute device)."""
+        """Read entry ``key`` into this thread's staging buffer, handing each transfer to
+        ``ctx.compute.land`` (during a load, the compute device copies it on to GPU memory)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> IOResult:

@@ -74,6 +74,7 @@ class CPUBackend(Backend):
             dur += t1 - t0
             if verifier is not None:
                 verifier.check(key, i * self.page, buf[:n])
+            self.ctx.compute.land(key, i * self.page, buf[:n])
         return IOResult(size, time.perf_counter_ns(), dur)
 
     def delete(self, key: str) -> IOResult:

@@ -215,6 +215,7 @@ class FileBackend(Backend):
                 transfers.append((now, n))
                 if self.ctx.verifier is not None:
                     self.ctx.verifier.check(key, off, buf[:n])
+                self.ctx.compute.land(key, off, buf[:n])
             t = time.perf_counter_ns()
             os.close(fd)
             end = time.perf_counter_ns()

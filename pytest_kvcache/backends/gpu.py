@@ -1,9 +1,14 @@
 """GPU tier: CUDA memory through torch, pinned host staging, timed with CUDA events.
 
 Entries live in device memory allocated through torch's caching allocator. A write copies the
-payload host-to-device from a pinned per-thread staging buffer; a read copies device-to-host
-into it. The latency is the CUDA events' elapsed time around the copies, synchronised before
-the I/O is reported as complete.
+payload host-to-device from a pinned per-thread staging buffer; a read outside a load (a
+demotion to the tier below) copies device-to-host into it. The latency is the CUDA events'
+elapsed time around the copies, synchronised before the I/O is reported as complete.
+
+A read during a load (``ctx.compute.loading()``) when the compute device is this GPU is a hit
+where compute needs the KV: it moves nothing, and its I/O is the lookup alone (0 bytes, the time
+to find the entry; with ``--kv-verify`` the entry is copied out and checked after that time).
+With ``--kv-compute-device host`` a load copies the entry device-to-host, as a demotion does.
 
 GPU memory neither deduplicates nor compresses, so the bytes only matter to ``--kv-verify``: the
 staging buffer is filled with noise once, and filled with the key's bytes before each copy only
@@ -37,6 +42,7 @@ def gpu_unavailable_reason() -> str | None:
 
 class GPUBackend(Backend):
     name = "gpu"
+    loads_in_gpu = True  # a load from this tier needs no H2D copy (compute.GPUCompute.absent)
 
     def __init__(self, spec: TierSpec, ctx: BackendContext):
         super().__init__(spec, ctx)
@@ -87,11 +93,22 @@ class GPUBackend(Backend):
         return IOResult(nbytes, time.perf_counter_ns(), int(elapsed_ms * 1e6))
 
     def read(self, key: str, nbytes: int) -> IOResult:
-        torch = self.torch
+        t0 = time.perf_counter_ns()
         with self._lock:
             dev = self._entries.get(key)
+        t1 = time.perf_counter_ns()
         if dev is None:
             raise BackendError(f"gpu tier: no entry {key!r}")
+        if self.ctx.compute.is_gpu and self.ctx.compute.loading() is not None:  # already in GPU memory
+            if self.ctx.verifier is not None:
+                self._copy_out(key, dev)
+            return IOResult(0, t1, t1 - t0)
+        return self._copy_out(key, dev)
+
+    def _copy_out(self, key: str, dev) -> IOResult:
+        """Copy ``dev`` device-to-host into the pinned staging buffer, segment by segment,
+        checking each against ``--kv-verify``; the I/O is the CUDA-event time of the copies."""
+        torch = self.torch
         pinned, host, stream, held = self._thread_state()
         held.forget()  # the copies below overwrite the staging buffer
         elapsed_ms = 0.0
