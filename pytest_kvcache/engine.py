@@ -46,7 +46,7 @@ IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_bloc
                        "gpu_mem_gb", "cpu_mem_gb", "nvme_capacity_gb", "file_io_mode", "file_recycle",
                        "duration", "warmup", "verify",
                        "autoscale", "autoscale_interval", "autoscale_max_users", "autoscale_target", "sla_metric",
-                       "sla_target_ms")
+                       "sla_target_ms", "eviction", "promotion")
 """Settings besides the trace that change which I/O a scenario does (the workload hash covers them)."""
 
 
@@ -167,7 +167,8 @@ def provision(config: TierConfig, settings: Settings, registry: BackendRegistry)
 def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace: Trace,
                  criteria: list[Criterion], on_tick=None) -> ScenarioResult:
     recorder = Recorder()
-    cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
+    cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token,
+                           eviction=settings.eviction, promotion=settings.promotion)
     storage = storage_tier(prov.tier_names)
     storage_backend = prov.backends[prov.tier_names.index(storage)] if storage else None
     device = None
@@ -415,6 +416,8 @@ class _Run:
                 absent[f"device.{kind}_ratio"] = why
         if self.settings.read_model != "reference":
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
+        if self.settings.promotion == "none":
+            absent[f"{self.prov.tier_names[0]}.promote_write."] = "--kv-promotion none: hits are not copied up"
         if self.settings.phase == "decode":  # serve.py: a decode node stores nothing in the window
             for tier in self.prov.tier_names:
                 absent[f"{tier}.write."] = ("--kv-phase decode stores nothing during the window (the prompts were "
@@ -424,6 +427,7 @@ class _Run:
             for tier in self.prov.tier_names:
                 absent[f"{tier}.read."] = why
             absent["cache.hit_rate"] = absent["cache.hit_rate."] = absent["cache.block_hit_rate."] = why
+            absent["cache.tier_hit_rate."] = why
         if self.prov.ctx.verifier is None:
             absent["verify."] = "--kv-verify is off"
         mode = self.settings.autoscale

@@ -7,7 +7,7 @@ the device-counter check can never disagree (design section 6).
 
 from __future__ import annotations
 
-DATA_OPS: tuple[str, ...] = ("read", "write", "demote_read", "demote_write")
+DATA_OPS: tuple[str, ...] = ("read", "write", "demote_read", "demote_write", "promote_write")
 """Ops that move bytes to or from a tier's medium: the only ones counted as bytes moved (GB, GB/s)."""
 
 EVENT_OPS: tuple[str, ...] = ("evict", "delete")
@@ -17,7 +17,7 @@ OPS: tuple[str, ...] = DATA_OPS + EVENT_OPS
 """Every op, in the order reports show them."""
 
 READ_OPS: tuple[str, ...] = ("read", "demote_read")
-WRITE_OPS: tuple[str, ...] = ("write", "demote_write")
+WRITE_OPS: tuple[str, ...] = ("write", "demote_write", "promote_write")
 
 MEMORY_TIERS: tuple[str, ...] = ("gpu", "cpu")
 
@@ -40,8 +40,10 @@ def possible_ops(tiers, tier: str) -> tuple[str, ...]:
     """The ops that can happen on ``tier`` in a scenario with ``tiers`` (fastest first).
 
     Every tier is read, written, evicted and deleted from; only a tier with one below it
-    demotes (demote_read), and only a tier with one above it receives demotions
-    (demote_write). Returns () for a tier the scenario does not have.
+    demotes (demote_read), only a tier with one above it receives demotions
+    (demote_write), and only the first tier of two or more receives promotions
+    (promote_write, with ``--kv-promotion on-hit``; the hit's read is the promotion's read).
+    Returns () for a tier the scenario does not have.
     """
     tiers = list(tiers)
     if tier not in tiers:
@@ -52,6 +54,8 @@ def possible_ops(tiers, tier: str) -> tuple[str, ...]:
         impossible.add("demote_read")
     if i == 0:
         impossible.add("demote_write")
+    if i > 0 or len(tiers) == 1:
+        impossible.add("promote_write")
     return tuple(o for o in OPS if o not in impossible)
 
 

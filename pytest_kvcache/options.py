@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .eviction import POLICIES as EVICTIONS
+from .eviction import PROMOTIONS
+
 GENERATION_MODES = ("none", "fast", "realistic")
 READ_MODELS = ("once", "reference")
 FILE_IO_MODES = ("auto", "direct", "buffered")
@@ -113,5 +116,11 @@ PROCEDURE_OPTIONS: tuple[Option, ...] = (
     Option("preset", "choice", "none", "mlperf-closed: run scenarios/test_mlperf.py's three MLPerf Storage CLOSED options with the rules' fixed settings (only --kv-cache-dir, --kv-report, --kv-plots, --kv-allow-memory-fs, --kv-nvme-backend and --kv-smoke may be set)", PRESETS),
     Option("smoke", "flag", False, "with --kv-preset: the same shape (three options, trials, aggregation) in seconds, not a submission"),
 )
-OPTIONS: tuple[Option, ...] = TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
+# which entries leave a full tier, and whether a lower tier's hit moves up (cache.py, eviction.py)
+CACHE_POLICY_OPTIONS: tuple[Option, ...] = (
+    Option("eviction", "choice", "lru", "which entry a full tier demotes (or, the last tier, evicts) first: lru = least recently used (the MLPerf reference's waterfall LRU); lfu = fewest reads, then least recent; size = largest first, then least recent (SIZE, Williams et al. 1996); s3fifo = S3-FIFO (Yang et al., SOSP 2023)", EVICTIONS),
+    Option("promotion", "choice", "none", "none: a hit stays in the tier that served it; on-hit: a hit in a lower tier is copied up into the top tier (demoting there as needed) and freed below, recorded as the top tier's promote_write", PROMOTIONS),
+)
+OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS
+                               + PROCEDURE_OPTIONS + CACHE_POLICY_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
