@@ -29,17 +29,16 @@ SWEEP_DEFAULTS = {"duration": 2.0, "warmup": 0.5, "users": 2, "think_time_scale"
                   "input_tokens_mean": 200.0, "output_tokens_mean": 100.0,
                   "generation_mode": "none", "profile": "none", "nvme_capacity_gb": 2.0}
 WIDE_DEFAULTS = {**SWEEP_DEFAULTS, "duration": 6.0, "warmup": 1.0}
-_points: dict[str, list[dict]] = {}
 
 
-def _budgets(sweep: str, budgets) -> list:
+def _budgets(budgets) -> list:
     return [pytest.param(gb, marks=pytest.mark.kv_settings(cpu_mem_gb=gb), id=f"capacity-sweep-cpu-{gb:g}gb")
             for gb in budgets]
 
 
 def _step(sweep, kv_tiers, kv_run):
     result = kv_run(kv_tiers, check=False)
-    _points.setdefault(sweep, []).append(tag(result, sweep, "cpu"))
+    tag(result, sweep, "cpu")
     message = result.failure_message()
     if message:
         pytest.fail(message, pytrace=False)
@@ -60,21 +59,22 @@ def _curve(sweep, record_property, kv_session):
 
 
 @pytest.mark.kv_defaults(**SWEEP_DEFAULTS)
-@pytest.mark.parametrize("budget", _budgets(SWEEP, BUDGETS_GB))
+@pytest.mark.parametrize("budget", _budgets(BUDGETS_GB))
 @pytest.mark.parametrize("kv_tiers", ["cpu+storage"], indirect=True)
 def test_capacity_sweep(kv_tiers, kv_run, budget):
     """With this CPU budget in front of the drive, how much of each prompt is found in RAM, and how much KV moves through storage?"""
     _step(SWEEP, kv_tiers, kv_run)
 
 
-def test_capacity_curve(record_property, kv_session):
+@pytest.mark.parametrize("sweep", [pytest.param(SWEEP, id="capacity-sweep-curve")])
+def test_capacity_curve(sweep, record_property, kv_session):
     """The sweep's points side by side; the RAM hit rate must fall as the budget shrinks."""
-    _curve(SWEEP, record_property, kv_session)
+    _curve(sweep, record_property, kv_session)
 
 
 @pytest.mark.slow
 @pytest.mark.kv_defaults(**WIDE_DEFAULTS)
-@pytest.mark.parametrize("budget", _budgets(WIDE_SWEEP, WIDE_BUDGETS_GB))
+@pytest.mark.parametrize("budget", _budgets(WIDE_BUDGETS_GB))
 @pytest.mark.parametrize("kv_tiers", ["cpu+storage"], indirect=True)
 def test_capacity_sweep_wide(kv_tiers, kv_run, budget):
     """The same question over ten budgets and longer windows."""
@@ -82,6 +82,7 @@ def test_capacity_sweep_wide(kv_tiers, kv_run, budget):
 
 
 @pytest.mark.slow
-def test_capacity_curve_wide(record_property, kv_session):
+@pytest.mark.parametrize("sweep", [pytest.param(WIDE_SWEEP, id="capacity-sweep-wide-curve")])
+def test_capacity_curve_wide(sweep, record_property, kv_session):
     """The wide sweep's points side by side."""
-    _curve(WIDE_SWEEP, record_property, kv_session)
+    _curve(sweep, record_property, kv_session)

@@ -184,6 +184,8 @@ NATURAL_YAML = {
     "phase": ("decode", "decode"),
     "preset": ("mlperf-closed", "mlperf-closed"),
     "smoke": ("yes", True),
+    "eviction": ("s3fifo", "s3fifo"),
+    "promotion": ("on-hit", "on-hit"),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {
