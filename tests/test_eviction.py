@@ -293,3 +293,18 @@ def test_concurrent_traffic_with_promotion_keeps_the_invariants(ctx, eviction):
     _check_quiescent(cache)
     assert sum(n for k, n in rec.run_counters.items() if k.startswith("promotions.")) > 0
     assert total(rec, "nvme", "evict") > 0
+
+
+def test_promote_write_is_possible_only_on_the_first_of_several_tiers():
+    from pytest_kvcache.criteria import metric_kind
+    from pytest_kvcache.judging import not_applicable
+    from pytest_kvcache.ops import possible_ops
+
+    assert "promote_write" in possible_ops(["cpu", "nvme"], "cpu")
+    assert "promote_write" not in possible_ops(["cpu", "nvme"], "nvme")
+    assert "promote_write" not in possible_ops(["nvme"], "nvme")
+    assert metric_kind("cpu.promote_write.gbps") == "throughput"  # a data op: it moves bytes
+    assert "only the first" in not_applicable("nvme.promote_write.p95", ["cpu", "nvme"], {})
+    assert not_applicable("cpu.promote_write.p95", ["cpu", "nvme"], {}) is None
+    assert not_applicable("cache.tier_hit_rate.gpu", ["cpu", "nvme"], {}) == "no gpu tier in this scenario"
+    assert metric_kind("cache.tier_hit_rate.cpu") == "fraction"
