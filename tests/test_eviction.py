@@ -308,3 +308,33 @@ def test_promote_write_is_possible_only_on_the_first_of_several_tiers():
     assert not_applicable("cpu.promote_write.p95", ["cpu", "nvme"], {}) is None
     assert not_applicable("cache.tier_hit_rate.gpu", ["cpu", "nvme"], {}) == "no gpu tier in this scenario"
     assert metric_kind("cache.tier_hit_rate.cpu") == "fraction"
+
+
+@pytest.mark.parametrize("promotion", ["none", "on-hit"])
+def test_the_options_reach_the_cache_of_a_run(tmp_path, promotion):
+    from test_engine import settings_for, small_trace
+
+    from pytest_kvcache.backends import default_registry
+    from pytest_kvcache.criteria import Criterion
+    from pytest_kvcache.engine import provision, run_scenario
+    from pytest_kvcache.models import resolve_model
+    from pytest_kvcache.tiers import TIER_CONFIGS
+
+    s = settings_for(tmp_path, cpu_mem_gb=0.01, requests_per_user=10, duration=30, nvme_backend="mock",
+                     eviction="s3fifo", promotion=promotion)
+    prov = provision(TIER_CONFIGS["cpu+storage"], s, default_registry())
+    try:
+        result = run_scenario(prov, s, resolve_model(s.model), small_trace(s),
+                              [Criterion.parse("cpu.promote_write.count>=1")])
+    finally:
+        prov.close()
+    assert result.errors == [] and result.invariant_problems == [], result.failure_message()
+    assert result.settings["eviction"] == "s3fifo" and result.trace["workload_sha256"]
+    promoted = result.summary["run_counters"].get("promotions.nvme", 0)
+    outcome = result.outcomes[0]
+    if promotion == "none":
+        assert promoted == 0 and "promote_write" not in result.summary["tiers"]["cpu"]
+        assert outcome.status == "n/a" and "--kv-promotion none" in outcome.reason
+    else:
+        assert promoted > 0 and result.summary["tiers"]["cpu"]["promote_write"]["bytes"] > 0
+        assert outcome.status == "pass"
