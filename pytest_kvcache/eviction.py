@@ -206,28 +206,39 @@ class S3FIFO(EvictionPolicy):
         return self._from_main(eligible) or self._from_small(eligible)
 
     def _from_small(self, eligible: Eligible) -> Tracked | None:
-        for key, entry in list(self.small.items()):
+        moved, found = [], None
+        for key, entry in self.small.items():  # oldest first; stops at the victim
             if not eligible(entry):
                 continue
             if self.freq[key] >= 1:  # read while in the small queue: it moves to the main one
-                del self.small[key]
-                self.small_bytes -= entry.footprint
-                self.main[key] = entry
-                self.freq[key] = 0
+                moved.append(entry)
                 continue
-            self._leaving_small.add(key)
-            return entry
-        return None
+            found = entry
+            break
+        for entry in moved:  # after the scan, in their order: the queue is not changed during it
+            del self.small[entry.key]
+            self.small_bytes -= entry.footprint
+            self.main[entry.key] = entry
+            self.freq[entry.key] = 0
+        if found is not None:
+            self._leaving_small.add(found.key)
+        return found
 
     def _from_main(self, eligible: Eligible) -> Tracked | None:
         for _ in range(S3FIFO_MAX_FREQ + 1):  # each pass lowers every count it passes by one
-            for key, entry in list(self.main.items()):
+            passed, found = [], None
+            for key, entry in self.main.items():  # oldest first; stops at the victim
                 if not eligible(entry):
                     continue
                 if self.freq[key] == 0:
-                    return entry
+                    found = entry
+                    break
                 self.freq[key] -= 1
+                passed.append(key)
+            for key in passed:  # back to the queue's end, in their order
                 self.main.move_to_end(key)
+            if found is not None:
+                return found
         return None
 
 
