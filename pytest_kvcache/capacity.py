@@ -148,8 +148,12 @@ def plot_curves(sweep: str, runs: list[tuple[str, list[dict]]], path: Path) -> N
         ax.set_xscale("log")
         ax.set_ylim(0, 105)
         right.set_ylim(bottom=0)
-        handles, labels = (a + b for a, b in zip(ax.get_legend_handles_labels(), right.get_legend_handles_labels()))
-        ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
+        handles, labels = (a + b for a, b in zip(ax.get_legend_handles_labels(), right.get_legend_handles_labels(),
+                                                  strict=True))
+        if drawn > 3:  # several reports: keep the legend off the curves
+            fig.legend(handles, labels, fontsize=8, loc="outside right upper")
+        else:
+            ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
         fig.savefig(path, format="png", metadata={"Software": None})
     else:
         _finish(fig, ax, path, 0)
