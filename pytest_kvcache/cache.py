@@ -1,10 +1,18 @@
-"""The multi-tier KV cache: placement, waterfall LRU demotion and eviction.
+"""The multi-tier KV cache: placement, waterfall demotion, eviction and promotion.
 
 New data goes to the fastest tier whose high-water mark (80% of its budget) it can fit under.
-When a tier would pass its mark, its least-recently-used entries are demoted one tier down
+When a tier would pass its mark, its eviction policy's victims (``eviction``; least recently
+used first by default, the MLPerf reference's waterfall LRU) are demoted one tier down
 (recursively, making room below first); the last tier evicts. Space is reserved under the lock
 before any I/O starts, so concurrent writers can never over-subscribe a tier. Every byte moved
-(reads, writes, both halves of a demotion, evictions) goes through ``Recorder.io``.
+(reads, writes, both halves of a demotion, promotions, evictions) goes through ``Recorder.io``.
+
+With promotion ``on-hit``, a read served by a lower tier is followed by a copy of the entry into
+the top tier (making room there as any write does, so other entries may be demoted), then the
+copy below is deleted: the read itself is the promotion's read, the copy is a ``promote_write``
+of the top tier and the free a ``delete`` of the lower one. The promotion happens inside the
+``read`` call, so its time is part of the request's storage time. An entry being read by
+another user is not promoted; a promotion that finds no room, or fails, leaves it where it was.
 
 At the end of a run (``end_promptly``) the cache starts no new work: a put that has not begun
 its write gives up, a reservation stops waiting for room, and a demotion not yet written below
@@ -15,10 +23,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 
 from .backends.base import Backend
 from .errors import BackendError, BackendFull, IOCut
+from .eviction import PROMOTIONS, EvictionPolicy, make_policy
 from .ops import COMPUTE_TIER
 from .recorder import Recorder
 
@@ -31,23 +39,42 @@ _ENDING = object()  # a reservation given up because the run is ending
 
 
 class Entry:
-    __slots__ = ("key", "tokens", "nbytes", "footprint", "tier", "state", "pins", "broken")
+    __slots__ = ("key", "tokens", "nbytes", "footprint", "tier", "state", "pins", "broken", "hits")
 
     def __init__(self, key: str, tokens: int, nbytes: int, footprint: int, tier: int):
         self.key, self.tokens, self.nbytes = key, tokens, nbytes
         self.footprint, self.tier = footprint, tier
         self.state, self.pins, self.broken = WRITING, 0, False
+        self.hits = 0  # reads since it was stored, in any tier (the lfu policy's count)
+
+
+def _evictable(entry: Entry) -> bool:
+    """An entry a policy may name as victim: stored, not being read, moved or removed."""
+    return entry.state == READY and entry.pins == 0 and not entry.broken
 
 
 class Tier:
-    def __init__(self, backend: Backend, high_water: float):
+    def __init__(self, backend: Backend, high_water: float, eviction: str = "lru"):
         self.backend = backend
         self.name = backend.tier
         self.budget = backend.capacity_bytes
         self.high_water = int(backend.capacity_bytes * high_water)
         self.used = 0
         self.peak = 0
-        self.entries: OrderedDict[str, Entry] = OrderedDict()  # LRU first
+        self.entries: dict[str, Entry] = {}
+        self.policy: EvictionPolicy = make_policy(eviction, self.high_water)
+
+    def add(self, entry: Entry) -> None:
+        """With the cache's lock held: ``entry`` lives here now (its footprint is accounted by
+        the caller)."""
+        self.entries[entry.key] = entry
+        self.policy.inserted(entry)
+
+    def drop(self, entry: Entry) -> None:
+        """With the cache's lock held: ``entry`` left this tier; frees its footprint."""
+        del self.entries[entry.key]
+        self.used -= entry.footprint
+        self.policy.removed(entry)
 
     def occupancy(self) -> dict:
         return {"entries": len(self.entries), "bytes": self.used, "peak_bytes": self.peak,
@@ -55,11 +82,18 @@ class Tier:
 
 
 class MultiTierCache:
+    """The tiers of one run, fastest first. ``eviction`` names each tier's victim order
+    (``eviction.POLICIES``), ``promotion`` what a lower tier's hit does (``PROMOTIONS``).
+    Raises ValueError for no backends or an unknown policy."""
+
     def __init__(self, backends: list[Backend], recorder: Recorder, bytes_per_token: int,
-                 high_water: float = HIGH_WATER):
+                 high_water: float = HIGH_WATER, eviction: str = "lru", promotion: str = "none"):
         if not backends:
             raise ValueError("a cache needs at least one tier")
-        self.tiers = [Tier(b, high_water) for b in backends]
+        if promotion not in PROMOTIONS:
+            raise ValueError(f"unknown promotion {promotion!r}; choose one of {', '.join(PROMOTIONS)}")
+        self.tiers = [Tier(b, high_water, eviction) for b in backends]
+        self.promotion = promotion
         self.compute = backends[0].ctx.compute  # where loads end (compute.py)
         self.recorder = recorder
         self.bytes_per_token = bytes_per_token
@@ -100,8 +134,9 @@ class MultiTierCache:
                     self.recorder.lookup(kind, False, time.perf_counter_ns(), tokens or 0)
                 return None
             entry.pins += 1
+            entry.hits += 1
             tier = self.tiers[entry.tier]
-            tier.entries.move_to_end(key)
+            tier.policy.touched(entry)
         try:
             with self.compute.load(entry.nbytes) as load:  # the load ends in the compute device
                 res = tier.backend.read(key, entry.nbytes)
@@ -140,7 +175,9 @@ class MultiTierCache:
             self.recorder.io(COMPUTE_TIER, "h2d", loaded, entry.tokens, entry.key)
         if kind is not None:
             end = res.end_ns if loaded is None else loaded.end_ns
-            self.recorder.lookup(kind, True, end, entry.tokens if tokens is None else tokens)
+            self.recorder.lookup(kind, True, end, entry.tokens if tokens is None else tokens, tier=tier.name)
+        if self.promotion == "on-hit" and entry.tier > 0:
+            self._promote(entry)
         return tier.name
 
     def put(self, key: str, tokens: int, shared: bool = False) -> str | None:
@@ -269,10 +306,9 @@ class MultiTierCache:
                     tier.peak = max(tier.peak, tier.used)
                     if entry is not None:
                         self._index[entry.key] = entry
-                        tier.entries[entry.key] = entry
+                        tier.add(entry)
                     return True
-                victim = next((e for e in tier.entries.values()
-                               if e.state == READY and e.pins == 0 and not e.broken), None)
+                victim = tier.policy.victim(_evictable)
                 if victim is None:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -328,12 +364,51 @@ class MultiTierCache:
         except BackendError as exc:  # the copy below is good; report the stale one above
             self.recorder.error(f"demotion of {entry.key}: freeing it in {src.name} failed: {exc}")
         with self._cond:
-            del src.entries[entry.key]
-            src.used -= entry.footprint
+            src.drop(entry)
             entry.tier, entry.footprint, entry.state = dst_idx, fp, READY
-            dst.entries[entry.key] = entry
+            dst.add(entry)
             self._cond.notify_all()
         self.recorder.count(f"demotions.{src.name}")
+
+    def _promote(self, entry: Entry) -> None:
+        """Copy ``entry``, just read from a lower tier, into the top tier and free it below
+        (module docstring). Skipped when another user is reading or moving it, when it cannot
+        fit under the top tier's mark, or when the run is ending."""
+        with self._cond:
+            if (self._ending or not _evictable(entry) or entry.tier == 0
+                    or self._index.get(entry.key) is not entry):
+                return
+            entry.state = MOVING  # nobody else may read, move or replace it meanwhile
+        src, top = self.tiers[entry.tier], self.tiers[0]
+        fp = top.backend.footprint(entry.nbytes)
+        reserved = fp <= top.high_water and self._reserve(0, fp)
+        if reserved is not True:  # no room (every entry busy), too big, or the run is ending
+            self._keep(entry)
+            return
+        try:
+            res_w = top.backend.write(entry.key, entry.nbytes)
+        except IOCut as cut:  # the run is ending mid-copy: the entry stays below
+            self.recorder.io(top.name, "promote_write", cut.result, entry.tokens)
+            self._keep(entry, top, fp)
+            return
+        except BaseException as exc:  # a full or failing top tier: the entry stays below
+            self._keep(entry, top, fp)
+            if not isinstance(exc, BackendError):
+                raise
+            self.recorder.error(f"promotion of {entry.key} from {src.name} to {top.name}: {exc}")
+            return
+        self.recorder.io(top.name, "promote_write", res_w, entry.tokens)
+        try:
+            res_d = src.backend.delete(entry.key)
+            self.recorder.io(src.name, "delete", res_d, entry.tokens)
+        except BackendError as exc:  # the copy above is good; report the stale one below
+            self.recorder.error(f"promotion of {entry.key}: freeing it in {src.name} failed: {exc}")
+        with self._cond:
+            src.drop(entry)
+            entry.tier, entry.footprint, entry.state = 0, fp, READY
+            top.add(entry)
+            self._cond.notify_all()
+        self.recorder.count(f"promotions.{src.name}")
 
     def _keep(self, entry: Entry, dst: Tier | None = None, fp: int = 0) -> None:
         """Undo a demotion that has written nothing below: free ``fp`` reserved in ``dst``, and
@@ -364,8 +439,7 @@ class MultiTierCache:
     def _unlink(self, entry: Entry) -> None:
         tier = self.tiers[entry.tier]
         if tier.entries.get(entry.key) is entry:  # never another version of the same key
-            del tier.entries[entry.key]
-            tier.used -= entry.footprint
+            tier.drop(entry)
         if self._index.get(entry.key) is entry:
             del self._index[entry.key]
 

@@ -54,6 +54,8 @@ FIXED_METRICS: dict[str, str] = {
     "cache.hit_rate.new": "fraction",
     # the same per kind in blocks (hit blocks ÷ looked-up blocks); cache.hit_rate.* are in tokens
     **{f"cache.block_hit_rate.{kind}": "fraction" for kind in ("multi_turn", "prefix", "rag", "decode", "new")},
+    # the headline hit rate split by the tier that served each hit (they sum to cache.hit_rate)
+    **{f"cache.tier_hit_rate.{tier}": "fraction" for tier in known_tiers},
     "cache.entries_dropped": "count",
     "storage.throughput_tokens_per_sec": "tokens_per_second",
     "storage.read_tokens_per_generated_token": "ratio",

@@ -47,7 +47,7 @@ IO_SHAPING_SETTINGS = ("chunk_tokens", "read_model", "generation_mode", "io_bloc
                        "redis_mem_gb", "object_capacity_gb", "object_part_mb",
                        "duration", "warmup", "verify",
                        "autoscale", "autoscale_interval", "autoscale_max_users", "autoscale_target", "sla_metric",
-                       "sla_target_ms", "trace_speedup")
+                       "sla_target_ms", "trace_speedup", "eviction", "promotion")
 """Settings besides the trace that change which I/O a scenario does (the workload hash covers them)."""
 
 
@@ -127,7 +127,8 @@ def run_scenario(prov: Provisioned, settings: Settings, model: ModelSpec, trace:
     opens and as it ends. Ctrl-C raises ScenarioInterrupted carrying what was measured."""
     recorder = Recorder()
     recorder.io_log = IOLog() if settings.io_trace else None  # --kv-io-trace (iotrace.py)
-    cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token)
+    cache = MultiTierCache(prov.backends, recorder, model.bytes_per_token,
+                           eviction=settings.eviction, promotion=settings.promotion)
     storage = storage_tier(prov.tier_names)
     storage_backend = prov.backends[prov.tier_names.index(storage)] if storage else None
     device = None
@@ -412,6 +413,8 @@ class _Run:
                 absent[f"device.{kind}_ratio"] = why
         if self.settings.read_model != "reference":
             absent["cache.hit_rate.decode"] = "decode re-reads happen only with --kv-read-model reference"
+        if self.settings.promotion == "none":
+            absent[f"{self.prov.tier_names[0]}.promote_write."] = "--kv-promotion none: hits are not copied up"
         if self.settings.phase == "decode":  # serve.py: a decode node stores nothing in the window
             for tier in self.prov.tier_names:
                 absent[f"{tier}.write."] = ("--kv-phase decode stores nothing during the window (the prompts were "
@@ -421,6 +424,7 @@ class _Run:
             for tier in self.prov.tier_names:
                 absent[f"{tier}.read."] = why
             absent["cache.hit_rate"] = absent["cache.hit_rate."] = absent["cache.block_hit_rate."] = why
+            absent["cache.tier_hit_rate."] = why
         if self.prov.ctx.verifier is None:
             absent["verify."] = "--kv-verify is off"
         mode = self.settings.autoscale

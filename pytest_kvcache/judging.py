@@ -27,7 +27,7 @@ class Outcome:
     reason: str | None = None  # why a criterion is n/a, or failed with nothing measured
 
 
-_LOAD_DEPENDENT_OPS = ("demote_read", "demote_write", "evict", "delete")
+_LOAD_DEPENDENT_OPS = ("demote_read", "demote_write", "promote_write", "evict", "delete")
 
 
 def _as_number(v: object) -> float | None:
@@ -47,6 +47,8 @@ def not_applicable(metric: str, tiers: list[str], absent: Mapping[str, str]) -> 
         if metric == key or (key.endswith(".") and metric.startswith(key)):
             return reason
     parts = metric.split(".")
+    if parts[:2] == ["cache", "tier_hit_rate"] and len(parts) == 3 and parts[2] not in tiers:
+        return f"no {parts[2]} tier in this scenario"
     if parts[0] in known_tiers:
         if parts[0] not in tiers and parts[0] != COMPUTE_TIER:  # compute: every scenario, on a GPU
             return f"no {parts[0]} tier in this scenario"
@@ -55,6 +57,8 @@ def not_applicable(metric: str, tiers: list[str], absent: Mapping[str, str]) -> 
                 return f"nothing is demoted into {parts[0]}: it is the first tier"
             if parts[1] == "demote_read":
                 return f"nothing is demoted out of {parts[0]}: it is the last tier"
+            if parts[1] == "promote_write":
+                return f"nothing is promoted into {parts[0]}: only the first of two or more tiers receives promotions"
             return f"{parts[1]} cannot happen on {parts[0]} in {' > '.join(tiers)}"
     if parts[0] in ("storage", "device") and storage_tier(tiers) is None:
         return "no storage tier in this scenario"

@@ -118,6 +118,13 @@ def compute(recorder: Recorder, tiers: list[str], qos_classes: dict | None = Non
     looked_up = sum(c[2] + c[3] for c in loads)
     if looked_up:
         flat["cache.hit_rate"] = sum(c[2] for c in loads) / looked_up
+    # the headline hit rate split by the tier each hit was read from (they sum to it)
+    tier_hit_rates: dict[str, float | None] = {}
+    for tier in tiers:
+        served = sum(n for (t, kind), n in recorder.tier_hits.items() if t == tier and kind in HEADLINE_LOOKUP_KINDS)
+        tier_hit_rates[tier] = served / looked_up if looked_up else None
+        if looked_up:
+            flat[f"cache.tier_hit_rate.{tier}"] = served / looked_up
     hit_rates: dict[str, dict] = {}
     for kind, (hb, mb, ht, mt) in sorted(recorder.lookups.items()):
         tokens = ht / (ht + mt) if ht + mt else None
@@ -161,6 +168,7 @@ def compute(recorder: Recorder, tiers: list[str], qos_classes: dict | None = Non
         "storage_write_gbps": _round(flat.get("storage.write_gbps"), 6),
         "cache_hit_rate": _round(flat.get("cache.hit_rate"), 6),
         "hit_rates": hit_rates,
+        "tier_hit_rates": {t: _round(v, 6) for t, v in tier_hit_rates.items()},
         "cache_lookups": {k: {"hits": hb, "misses": mb, "hit_tokens": ht, "missed_tokens": mt}
                           for k, (hb, mb, ht, mt) in sorted(recorder.lookups.items())},
         "storage_read_tokens_per_generated_token": _round(flat.get("storage.read_tokens_per_generated_token"), 3),

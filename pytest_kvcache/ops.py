@@ -15,7 +15,7 @@ beside the tier's ``read`` (the storage leg), so each leg has its own figures.""
 LOAD_OPS: tuple[str, ...] = ("h2d",)
 """Ops of the compute tier: host-to-device copies of loaded KV (CUDA-event time)."""
 
-DATA_OPS: tuple[str, ...] = ("read", "write", "demote_read", "demote_write") + LOAD_OPS
+DATA_OPS: tuple[str, ...] = ("read", "write", "demote_read", "demote_write", "promote_write") + LOAD_OPS
 """Ops that move bytes to or from a tier's medium (or, ``h2d``, into the compute device): the
 only ones counted as bytes moved (GB, GB/s)."""
 
@@ -26,7 +26,7 @@ OPS: tuple[str, ...] = DATA_OPS + EVENT_OPS
 """Every op, in the order reports show them."""
 
 READ_OPS: tuple[str, ...] = ("read", "demote_read")
-WRITE_OPS: tuple[str, ...] = ("write", "demote_write")
+WRITE_OPS: tuple[str, ...] = ("write", "demote_write", "promote_write")
 
 MEMORY_TIERS: tuple[str, ...] = ("gpu", "cpu")
 
@@ -49,9 +49,11 @@ def possible_ops(tiers, tier: str) -> tuple[str, ...]:
     """The ops that can happen on ``tier`` in a scenario with ``tiers`` (fastest first).
 
     Every tier is read, written, evicted and deleted from; only a tier with one below it
-    demotes (demote_read), and only a tier with one above it receives demotions
-    (demote_write). Only the compute pseudo-tier copies to the GPU (``h2d``), whatever the
-    tiers. Returns () for a tier the scenario does not have.
+    demotes (demote_read), only a tier with one above it receives demotions
+    (demote_write), and only the first tier of two or more receives promotions
+    (promote_write, with ``--kv-promotion on-hit``; the hit's read is the promotion's read).
+    Only the compute pseudo-tier copies to the GPU (``h2d``), whatever the tiers. Returns ()
+    for a tier the scenario does not have.
     """
     if tier == COMPUTE_TIER:
         return LOAD_OPS
@@ -64,6 +66,8 @@ def possible_ops(tiers, tier: str) -> tuple[str, ...]:
         impossible.add("demote_read")
     if i == 0:
         impossible.add("demote_write")
+    if i > 0 or len(tiers) == 1:
+        impossible.add("promote_write")
     return tuple(o for o in OPS if o not in impossible)
 
 

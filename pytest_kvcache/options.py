@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .eviction import POLICIES as EVICTIONS
+from .eviction import PROMOTIONS
+
 GENERATION_MODES = ("none", "fast", "realistic")
 READ_MODELS = ("once", "reference")
 FILE_IO_MODES = ("auto", "direct", "buffered")
@@ -157,6 +160,12 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
 GPU_OPTIONS: tuple[Option, ...] = (
     Option("compute_device", "choice", "auto", "where a load from the cache ends: auto = GPU memory when torch sees a CUDA device (each load from cpu or nvme is then followed by an H2D copy, its own figures compute.h2d.*; a gpu-tier hit moves nothing), else host memory; gpu = the GPU or a usage error; host = host memory (the staging buffer)", ("auto", "host", "gpu")),
 )
+# which entries leave a full tier, and whether a lower tier's hit moves up (cache.py, eviction.py)
+CACHE_POLICY_OPTIONS: tuple[Option, ...] = (
+    Option("eviction", "choice", "lru", "which entry a full tier demotes (or, the last tier, evicts) first: lru = least recently used (the MLPerf reference's waterfall LRU); lfu = fewest reads, then least recent; size = largest first, then least recent (SIZE, Williams et al. 1996); s3fifo = S3-FIFO (Yang et al., SOSP 2023)", EVICTIONS),
+    Option("promotion", "choice", "none", "none: a hit stays in the tier that served it; on-hit: a hit in a lower tier is copied up into the top tier (demoting there as needed) and freed below, recorded as the top tier's promote_write", PROMOTIONS),
+)
 OPTIONS: tuple[Option, ...] = (TIER_OPTIONS + WORKLOAD_OPTIONS + LOAD_OPTIONS + IO_OPTIONS + REPORT_OPTIONS + PROCEDURE_OPTIONS
-                               + SHAREGPT_OPTIONS + TRACE_OPTIONS + REMOTE_OPTIONS + CLUSTER_OPTIONS + GPU_OPTIONS)
+                               + SHAREGPT_OPTIONS + TRACE_OPTIONS + REMOTE_OPTIONS + CLUSTER_OPTIONS + GPU_OPTIONS
+                               + CACHE_POLICY_OPTIONS)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

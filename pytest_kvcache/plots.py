@@ -6,7 +6,8 @@ this module costs nothing and never fails.
 
 ``render_plots(reports, out_dir)`` takes loaded JSON reports (``report.build_report``). Several
 reports are drawn side by side: the same colour for the same tier and op, one line style per
-report. Per scenario it writes three PNGs and one ``index.html`` that links them.
+report. Per scenario it writes three PNGs, per capacity sweep (``capacity.py``) one
+capacity-curve PNG, and one ``index.html`` that links them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import time
 from pathlib import Path
 
+from .capacity import curves, plot_curves
 from .criteria import format_value
 from .judging import STATUS_LABEL
 from .metrics import HEADLINE
@@ -437,6 +439,12 @@ def render_plots(reports: list[dict], out_dir: Path, labels: list[str] | None = 
             _plot_scaling(str(name), runs, out_dir / fname)
             files.append((fname, "users and storage throughput per autoscaler step"))
         images[name] = files
+    sweeps: dict[str, list[tuple[str, list[dict]]]] = {}
+    for label, rep in zip(labels, reports):
+        for sweep, points in curves(rep.get("scenarios", []) or []).items():
+            sweeps.setdefault(sweep, []).append((label, points))
+    for sweep, runs in sweeps.items():
+        plot_curves(sweep, runs, out_dir / f"capacity-{safe_name(sweep)}.png")
 
     title = "pytest-kvcache: " + (labels[0] if len(labels) == 1 else " vs ".join(labels))
     page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -449,6 +457,10 @@ def render_plots(reports: list[dict], out_dir: Path, labels: list[str] | None = 
         page += _summary_table(names, labels, reports, {n: "sc-" + stems[n] for n in names})
     else:
         page.append('<p class="muted">The reports hold no scenarios.</p>')
+    if sweeps:
+        page.append("<h2>Capacity curves</h2>")
+        page += [f'<a href="capacity-{_e(safe_name(s))}.png"><img src="capacity-{_e(safe_name(s))}.png" '
+                 f'alt="capacity curve {_e(s)}" width="640" height="360"></a>' for s in sweeps]
     for name in names:
         page.append(f'<h2 id="sc-{stems[name]}">{_e(name)}</h2>')
         first = next((sc for rep in reports if (sc := _find(rep, name))), {})

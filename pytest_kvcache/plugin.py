@@ -19,6 +19,7 @@ import pytest
 from . import hookspec
 from .backends import default_registry
 from .backends.gpu import gpu_unavailable_reason
+from .capacity import curve_text, curves
 from .cluster import connect, launched_under_mpi, rank_dir, rank_seed
 from .errors import ConfigError
 from .fixtures import (  # noqa: F401  (fixtures are found by name in the plugin module)
@@ -319,6 +320,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_sep("=", "kvcache session report" + (f" ({kv.cluster.size} MPI ranks)" if kv.cluster else ""))
     for result in kv.results:
         tr.write_line(scenario_text(result))
+        tr.write_line("")
+    for sweep, points in curves([r.to_dict() for r in kv.results]).items():
+        tr.write_line(curve_text(sweep, points))
         tr.write_line("")
     for criterion, reasons in kv.unjudged():
         tr.write_line(f"FAILED criterion {criterion.text} ({criterion.source}): no scenario of this session could judge "

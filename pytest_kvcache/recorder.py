@@ -149,6 +149,7 @@ class Recorder:
         self.run_counters: dict[str, int] = {}  # the whole run, warm-up and drain included
         # kind -> [hit blocks, missed blocks, hit tokens, missed tokens] inside the window
         self.lookups: dict[str, list[int]] = {}
+        self.tier_hits: dict[tuple[str, str], int] = {}  # (tier, kind) -> hit tokens it served, in the window
         self.timeline_step_ns = int(timeline_step_s * 1e9)
         self.timeline: dict[str, list[int]] = {}  # tier -> data-op bytes completed per step of the window
         self.errors: list[str] = []
@@ -263,16 +264,19 @@ class Recorder:
                     line[step] += n
             w.edge_bytes += edge
 
-    def lookup(self, kind: str, hit: bool, t_ns: int, tokens: int = 0, blocks: int = 1) -> None:
+    def lookup(self, kind: str, hit: bool, t_ns: int, tokens: int = 0, blocks: int = 1,
+               tier: str | None = None) -> None:
         """One looked-up block (or part of one) of lookup ``kind`` holding ``tokens``, found and
-        read back (``hit``) or not, at ``t_ns``; counted only inside the window. A block whose
-        tokens span kinds is recorded once per kind, with ``blocks=1`` for the kind of its first
-        token and ``blocks=0`` for the others."""
+        read back (``hit``, from ``tier`` when given) or not, at ``t_ns``; counted only inside
+        the window. A block whose tokens span kinds is recorded once per kind, with ``blocks=1``
+        for the kind of its first token and ``blocks=0`` for the others."""
         with self._lock:
             if self.in_window(t_ns):
                 counts = self.lookups.setdefault(kind, [0, 0, 0, 0])
                 counts[0 if hit else 1] += blocks
                 counts[2 if hit else 3] += tokens
+                if hit and tier is not None:
+                    self.tier_hits[(tier, kind)] = self.tier_hits.get((tier, kind), 0) + tokens
 
     def request(self, end_ns: int, timings: dict[str, int], counters: dict[str, int],
                 qos: str | None = None) -> None:

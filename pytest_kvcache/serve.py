@@ -175,18 +175,20 @@ class RequestServer:
                 break
             if self.ending.is_set():
                 return found, False
-            if cache.read(block.key, None) is None:  # gone or unreadable since: the hit ends here
+            tier = cache.read(block.key, None)
+            if tier is None:  # gone or unreadable since: the hit ends here
                 break
-            self._record(block, True, time.perf_counter_ns())
+            self._record(block, True, time.perf_counter_ns(), tier)
             found += 1
         now = time.perf_counter_ns()
         for block in prompt[found:]:
             self._record(block, False, now)
         return found, True
 
-    def _record(self, block: Block, hit: bool, t_ns: int) -> None:
+    def _record(self, block: Block, hit: bool, t_ns: int, tier: str | None = None) -> None:
+        """Record ``block``'s lookup per kind; a hit names the ``tier`` that served it."""
         for i, (kind, tokens) in enumerate(block.kind_tokens):
-            self.recorder.lookup(kind, hit, t_ns, tokens, blocks=1 if i == 0 else 0)
+            self.recorder.lookup(kind, hit, t_ns, tokens, blocks=1 if i == 0 else 0, tier=tier)
 
     def _extend(self, seq: BlockSequence, segments) -> tuple[list[Block], bool]:
         """Add ``segments`` to ``seq``; returns the changed blocks and whether the stored open

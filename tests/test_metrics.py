@@ -119,6 +119,27 @@ def test_hit_rate_is_in_tokens_and_blocks_apart():
     assert "cache.block_hit_rate.rag" not in flat and summary["hit_rates"]["rag"] == {"tokens": 1.0, "blocks": None}
 
 
+def test_tier_hit_rates_split_the_headline_hit_rate_by_serving_tier():
+    rec = Recorder()
+    rec.open_window(0)
+    rec.lookup("multi_turn", True, 1, 300, tier="cpu")
+    rec.lookup("prefix", True, 1, 100, tier="nvme")
+    rec.lookup("new", True, 1, 50, tier="cpu")  # not a headline kind: in neither rate
+    rec.lookup("multi_turn", False, 1, 600)
+    rec.close_window(10)
+    rec.lookup("prefix", True, 20, 77, tier="cpu")  # after the window: ignored
+    flat, summary = compute(rec, ["cpu", "nvme"])
+    assert flat["cache.hit_rate"] == pytest.approx(0.4)
+    assert flat["cache.tier_hit_rate.cpu"] == pytest.approx(0.3)
+    assert flat["cache.tier_hit_rate.nvme"] == pytest.approx(0.1)
+    assert summary["tier_hit_rates"] == {"cpu": 0.3, "nvme": 0.1}
+    empty = Recorder()
+    empty.open_window(0)
+    empty.close_window(10)
+    flat, summary = compute(empty, ["cpu"])  # nothing looked up: n/a, not 0
+    assert "cache.tier_hit_rate.cpu" not in flat and summary["tier_hit_rates"] == {"cpu": None}
+
+
 def test_requests_system_throughput_and_read_amplification():
     flat, summary = compute(fed(), ["cpu", "nvme"])
     assert flat["requests.completed"] == 2

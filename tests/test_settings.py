@@ -215,6 +215,8 @@ NATURAL_YAML = {
     "sharegpt_cache": ("'off'", "off"),  # quoted: YAML reads a bare off as the boolean false
     "mpi_timeout": ("90", 90.0),
     "compute_device": ("host", "host"),
+    "eviction": ("s3fifo", "s3fifo"),
+    "promotion": ("on-hit", "on-hit"),
 }
 # options that are valid only with another one set (checked across options): that one's value
 COMPANIONS = {
