@@ -50,6 +50,14 @@ class ScenarioResult:
             return "error"
         return "passed" if passed(self.outcomes) else "failed"
 
+    @property
+    def rank0_metrics(self) -> dict:
+        """The flat metrics of rank 0 alone: under mpirun ``metrics`` is the ranks' aggregate (a
+        user count summed) while sections such as ``summary.autoscale`` are rank 0's
+        (``aggregate.RANK0_SECTIONS``); without MPI, ``metrics`` itself."""
+        cluster = self.summary.get("cluster")
+        return cluster["per_rank"][0]["metrics"] if cluster else self.metrics
+
     def failure_message(self) -> str | None:
         """None when the scenario passed; otherwise what went wrong, with every criterion."""
         lines = []

@@ -46,8 +46,7 @@ def test_autoscale_qos(kv_tiers, kv_run):
     result = kv_run(kv_tiers)
     _check_steps(result)
     # under mpirun the metric is the ranks' sum and the autoscale block rank 0's: compare rank 0's own
-    own = (result.summary.get("cluster") or {"per_rank": [{"metrics": result.metrics}]})["per_rank"][0]["metrics"]
-    assert result.summary["autoscale"]["settled_users"] == own["autoscale.users"]
+    assert result.summary["autoscale"]["settled_users"] == result.rank0_metrics["autoscale.users"]
 
 
 @pytest.mark.kv_settings(autoscale="capacity")

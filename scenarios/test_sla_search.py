@@ -25,7 +25,8 @@ def test_sla_search(kv_tiers, kv_run):
     """What is the most users whose p95 of a chosen latency meets its target (the knee)?"""
     result = kv_run(kv_tiers)
     block = result.summary["sla_search"]
-    assert block["steps"] and block["knee_users"] == result.metrics["sla_search.users"]
+    # under mpirun the metric is the ranks' sum and the sla_search block rank 0's: compare rank 0's own
+    assert block["steps"] and block["knee_users"] == result.rank0_metrics["sla_search.users"]
     assert block["knee_p95_s"] <= block["sla_target_s"]
 
 

@@ -292,3 +292,12 @@ def test_a_plain_run_never_imports_mpi4py():
             "sys.exit('mpi4py' in sys.modules)")
     env = {"PATH": "/usr/bin:/bin"}  # no launcher's variables
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
+def test_rank0_metrics_are_rank_0s_own_beside_the_summed_aggregate():
+    # a user count sums over the ranks, while the autoscale/sla_search blocks are rank 0's
+    result, _ = aggregate([_result(0, 1.0, 0.05, [0.05] * 4), _result(1, 2.0, 0.05, [0.05] * 4)], CRITERIA)
+    assert result.metrics["storage.read_gbps"] == pytest.approx(3.0)
+    assert result.rank0_metrics["storage.read_gbps"] == pytest.approx(1.0)
+    plain = ScenarioResult(name="storage-only", question="q", tiers=["nvme"], metrics={"storage.read_gbps": 1.0})
+    assert plain.rank0_metrics is plain.metrics
