@@ -46,7 +46,6 @@ from .workload import Block, BlockSequence, Request, Trace, plan_blocks
 
 SECONDS_PER_TOKEN = {"none": 0.0, "fast": 0.002, "realistic": 0.030}
 REFERENCE_REREAD_TOKENS = 32  # MLPerf reference: re-read the whole entry every 32 decoded tokens
-PHASES = ("mixed", "prefill", "decode")
 DECODE_POPULATE_FRACTION = 0.5  # of the tiers' summed high-water marks
 DECODE_POPULATE_MAX_BYTES = 4 * 10**9
 
@@ -68,7 +67,7 @@ class RequestServer:
         self._lock = threading.Lock()
         self._live_tokens = 0
         self.peak_live_tokens = 0  # most KV tokens the users' open conversations held at once
-        self.phase = "mixed"  # PHASES; set before the run (engine: --kv-phase)
+        self.phase = "mixed"  # options.PHASES; set before the run (engine: --kv-phase)
         self.populated: dict | None = None  # decode: what prepare stored before the window
 
     def prepare(self, trace: Trace) -> int:
