@@ -94,7 +94,7 @@ def scenario_settings(config, name: str, node=None):
     try:
         return adjusted_settings(config, name, node)
     except ConfigError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None  # no chained copy
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def kv_tiers(request, kv_session):
     try:
         prov = provision(config, settings, kv_session.registry)
     except (ConfigError, BackendError) as exc:
-        pytest.fail(str(exc), pytrace=False)
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None  # no chained copy
     kv_session.open_tiers.append(prov)
     yield prov
     if prov in kv_session.open_tiers:  # after Ctrl-C the session may have closed it already
@@ -193,13 +193,13 @@ def kv_run(request, kv_session):
             try:
                 extra += [Criterion.parse(text, "marker") for text in marker.args]
             except ConfigError as exc:
-                pytest.fail(f"bad kv_criteria marker on {request.node.nodeid}: {exc}", pytrace=False)
+                raise pytest.fail.Exception(f"bad kv_criteria marker on {request.node.nodeid}: {exc}", pytrace=False) from None
         try:
             criteria = merge(kv_session.criteria_for(settings), extra)  # a hook may change them
             model = resolve_model(settings.model, settings.models)
             trace = kv_session.trace_for(settings)
         except ConfigError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None  # no chained copy
         progress = ProgressLine(config, prov.config.name, settings.duration, settings.warmup)
         if kv_session.cluster is not None:  # under mpirun: every rank runs this scenario at once
             kv_session.cluster.begin(request.node.nodeid)
@@ -213,7 +213,7 @@ def kv_run(request, kv_session):
             kv_session.add(exc.result)
             raise
         except (ConfigError, BackendError) as exc:  # a later trial's tiers could not be made
-            pytest.fail(str(exc), pytrace=False)
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None  # no chained copy
         finally:
             progress.clear()
         result.nodeid = request.node.nodeid

@@ -173,6 +173,20 @@ def test_an_unreachable_server_is_an_error_naming_the_option(tmp_path):
         backend(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "kvcache-run-u")
 
 
+def test_a_wrong_password_is_an_error_naming_the_password_not_a_missing_server(tmp_path):
+    if redis_unavailable_reason(local=True):
+        pytest.skip(redis_unavailable_reason(local=True))
+    server = LocalRedis()
+    try:
+        redis.Redis.from_url(server.url).config_set("requirepass", "s3cret")
+        for url in (server.url, server.url.replace("redis://", "redis://:wrong@")):
+            with pytest.raises(BackendError, match="refused the credentials.*password in --kv-redis-url") as info:
+                backend(url, tmp_path / "kvcache-run-p")
+            assert "wrong" not in str(info.value)  # the password never reaches a message
+    finally:
+        server.stop()
+
+
 def test_a_server_that_dies_mid_run_ends_it_with_an_error_and_the_figures_so_far(tmp_path):
     if redis_unavailable_reason(local=True):
         pytest.skip(redis_unavailable_reason(local=True))

@@ -73,6 +73,10 @@ class RedisBackend(NetworkBackend):
         redis = self._redis
         try:
             info = self.client.info("server")
+        except redis.AuthenticationError as exc:
+            raise BackendError(f"redis tier: the server at {redact_url(self.url)} refused the credentials ({exc}); put "
+                               "its password in --kv-redis-url (redis://:PASSWORD@host:port/db, or "
+                               "redis://USER:PASSWORD@... for an ACL user).") from None
         except redis.RedisError as exc:
             raise BackendError(f"redis tier: cannot reach the server at {redact_url(self.url)}: {exc}; start it or "
                                "point --kv-redis-url at a running server.") from None

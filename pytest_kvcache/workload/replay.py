@@ -360,8 +360,9 @@ def source_text(trace_identity: dict, arrivals: dict | None) -> str | None:
     rejected = (arrivals or {}).get("rejected")
     text = src.get("text") or (f"trace {src['path']} ({src['format']}, file sha256 {src['file_sha256'][:16]}...): "
                                f"{src['requests']} requests")
-    text += (f", {trace_identity.get('requests_started')} started, {trace_identity.get('requests_finished')} "
-            f"finished, {'n/a' if rejected is None else rejected} rejected in the window")
+    text += (f", {trace_identity.get('requests_started')} started and {trace_identity.get('requests_finished')} "
+             "finished over the run (warm-up included)"
+             + ("" if rejected is None else f", {rejected} rejected in the window"))
     if trace_identity.get("exhausted"):
         text += "; the trace ran out before the window's end (figures cover the window up to then)"
     return text
