@@ -9,13 +9,22 @@ memory, the compute device's stand-in); ``--kv-verify`` checks them block by blo
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..payload import aligned_buffer
 from .base import Backend, BackendContext, TierSpec
 
+
+def import_client(module: str, tier: str, extra: str):
+    """The client package ``module`` of a network tier; ConfigError naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"the {tier} tier needs the Python package {module}: pip install 'pytest-kvcache[{extra}]'.") from None
 
 class NetworkBackend(Backend):
     """A tier whose entries live on a server: ``medium`` is "network" and ``location`` says

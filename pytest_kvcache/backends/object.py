@@ -24,18 +24,10 @@ import numpy as np
 
 from ..errors import BackendError, ConfigError, IOCut
 from .base import BackendContext, IOResult, TierSpec
-from .network import NetworkBackend
+from .network import NetworkBackend, import_client
 
 MAX_POOL_CONNECTIONS = 256
 """HTTP connections the client keeps (boto3's default of 10 would queue more users than that)."""
-
-
-def _boto():
-    try:
-        import boto3
-    except ImportError:
-        raise ConfigError("the object tier needs boto3: pip install 'pytest-kvcache[s3]'.") from None
-    return boto3
 
 
 class ObjectBackend(NetworkBackend):
@@ -43,7 +35,7 @@ class ObjectBackend(NetworkBackend):
 
     def __init__(self, spec: TierSpec, ctx: BackendContext):
         super().__init__(spec, ctx)
-        boto3 = _boto()
+        boto3 = import_client("boto3", "object", "s3")
         from botocore.config import Config
         from botocore.exceptions import (
             BotoCoreError,

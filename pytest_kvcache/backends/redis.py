@@ -21,17 +21,10 @@ import warnings
 from ..errors import BackendError, BackendFull, ConfigError
 from ..remote import redact_url
 from .base import BackendContext, IOResult, TierSpec
-from .network import NetworkBackend
+from .network import NetworkBackend, import_client
 
 _DELETE_BATCH = 500
 
-
-def _client_module():
-    try:
-        import redis
-    except ImportError:
-        raise ConfigError("the redis tier needs the Python redis client: pip install 'pytest-kvcache[redis]'.") from None
-    return redis
 
 
 class RedisBackend(NetworkBackend):
@@ -39,7 +32,7 @@ class RedisBackend(NetworkBackend):
 
     def __init__(self, spec: TierSpec, ctx: BackendContext):
         super().__init__(spec, ctx)
-        redis = _client_module()
+        redis = import_client("redis", "redis", "redis")
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
