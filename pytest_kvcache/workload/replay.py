@@ -44,7 +44,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .blocks import Segment
 from .trace import Request, Trace
-from .tracefile import load_jsonl, save_jsonl
+from .tracefile import jsonl_objects, load_jsonl, save_jsonl
 
 FORMATS = ("jsonl", "mooncake", "burstgpt")
 BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens", "Log Type")
@@ -138,14 +138,7 @@ def read_mooncake(path: Path, opts: TraceOptions) -> tuple[list[tuple], int]:
     fix = "fix the line (Mooncake lines are {\"timestamp\": ms, \"input_length\": n, \"output_length\": n, \"hash_ids\": [...]})"
     B = opts.block_tokens
     with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"Mooncake trace {path}, line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); {fix}") from None
+        for _, where, obj in jsonl_objects(f, f"Mooncake trace {path}", fix):
             if not isinstance(obj, dict):
                 raise ConfigError(f"{where}: a line must be a JSON object, not {type(obj).__name__}; {fix}")
             missing = [k for k in _MOONCAKE_FIELDS if k not in obj]

@@ -34,6 +34,20 @@ def save_jsonl(trace: Trace, path: str | Path) -> None:
         raise ConfigError(f"cannot write trace file {path}: {exc.strerror}; choose a writable path") from exc
 
 
+def jsonl_objects(lines, label: str, fix: str):
+    """``(line number, where, object)`` for each non-blank line of a JSONL text stream, ``where`` being
+    ``"<label>, line N"``; a line that is not JSON raises ConfigError naming it and ``fix``."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{label}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); {fix}") from None
+        yield lineno, where, obj
+
+
 def load_jsonl(path: str | Path) -> Trace:
     """Read a file written by ``save_jsonl``; every error names the file, the line and the fix."""
     path = Path(path)
@@ -42,15 +56,8 @@ def load_jsonl(path: str | Path) -> Trace:
     found: dict[tuple[int, int], tuple[int, Request]] = {}
     try:
         with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"trace file {path}, line {lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); "
-                                      "each line must be one JSON object: fix the line or regenerate the trace") from None
+            for lineno, where, obj in jsonl_objects(f, f"trace file {path}",
+                                            "each line must be one JSON object: fix the line or regenerate the trace"):
                 if header is None:
                     if not isinstance(obj, dict) or "kvcache_trace" not in obj:
                         raise ConfigError(f'{where}: the first line must be the header {{"kvcache_trace": {TRACE_FORMAT}, "params": ...}}; '
